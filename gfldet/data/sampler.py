@@ -1,0 +1,81 @@
+"""Aspect-ratio grouped batch sampler (MMDetection v2 GroupSampler / DistributedGroupSampler)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+
+class GroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Yields batches of dataset indices whose items all share one group id.
+
+    Grouping landscape and portrait images keeps padding small. The algorithm is MMDetection's
+    `DistributedGroupSampler`: each group is shuffled, then padded by cyclically repeating its
+    own indices up to a multiple of `batch_size * num_replicas`, cut into batches, the batches
+    of all groups are shuffled together, and rank r takes the r-th contiguous block of batches.
+    Every rank therefore gets the same number of full batches (padding repeats a few images in
+    an epoch, as MMDetection does). With `drop_last=True` the remainder of each group is dropped
+    instead of padded. Shuffling uses a torch generator seeded with `seed + epoch`, so the order
+    is the same on every rank and reproducible; call `set_epoch` before each epoch.
+
+    With `shuffle=False` nothing is shuffled: each group's indices stay in order and batches
+    are emitted sorted by their first index.
+
+    group_ids: `[N]` integer group of each dataset item (e.g. `CocoDetection.group_ids()`).
+    """
+
+    def __init__(
+        self,
+        group_ids: Sequence[int] | np.ndarray,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        self.group_ids = np.asarray(group_ids, dtype=np.int64).reshape(-1)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.num_replicas, self.rank, self.drop_last = num_replicas, rank, drop_last
+        self.epoch = 0
+        self._groups = [np.flatnonzero(self.group_ids == g) for g in np.unique(self.group_ids)]
+        self._num_batches = sum(self._group_len(len(g)) for g in self._groups) // (
+            batch_size * num_replicas
+        )
+
+    def _group_len(self, size: int) -> int:
+        """Number of indices a group of `size` contributes after padding / dropping."""
+        chunk = self.batch_size * self.num_replicas
+        return size // chunk * chunk if self.drop_last else -(-size // chunk) * chunk
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the shuffle of this epoch (all ranks must pass the same value)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        batches: list[np.ndarray] = []
+        for idx in self._groups:
+            if self.shuffle:
+                idx = idx[torch.randperm(len(idx), generator=g).numpy()]
+            n = self._group_len(len(idx))
+            if n > 0:
+                # np.resize repeats cyclically when growing and truncates when shrinking.
+                batches += np.split(np.resize(idx, n), n // self.batch_size)
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        else:
+            batches.sort(key=lambda b: int(b[0]))
+        start = self.rank * self._num_batches
+        for b in batches[start : start + self._num_batches]:
+            yield b.tolist()
+
+    def __len__(self) -> int:
+        """Batches per rank per epoch."""
+        return self._num_batches

@@ -1,0 +1,73 @@
+"""Inference on images with a trained checkpoint: the Python API behind `gfldet infer`."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.coco import load_image
+from ..data.transforms import TestTransform, collate_batch
+from ..model.detector import GFL, build_model
+from .checkpoint import load_checkpoint, load_model_weights
+from .trainer import resolve_device, resolve_num_classes
+
+
+def load_trained_model(cfg: dict, checkpoint: str | Path, device: torch.device) -> tuple[GFL, dict]:
+    """Builds the config's model and loads a checkpoint into it (eval mode).
+
+    Returns (model, checkpoint state). model.num_classes is taken from the checkpoint's class
+    list when the config leaves it unset.
+    """
+    state = load_checkpoint(checkpoint)
+    cfg = copy.deepcopy(cfg)
+    cfg["model"]["backbone"]["pretrained"] = None  # the checkpoint holds every weight
+    if state.get("classes"):
+        resolve_num_classes(cfg, state["classes"], str(checkpoint))
+    elif cfg["model"]["num_classes"] is None:
+        head_bias = state["model"].get("head.gfl_cls.bias")
+        if head_bias is None:
+            raise ValueError(f"{checkpoint}: no class list and no head.gfl_cls.bias")
+        cfg["model"]["num_classes"] = int(head_bias.shape[0])
+    model = build_model(cfg)
+    load_model_weights(model, state, checkpoint)
+    return model.to(device).eval(), state
+
+
+class Predictor:
+    """A detector ready for images.
+
+    >>> p = Predictor(gfldet.load_config("configs/shapes_demo.yaml"), "work_dirs/shapes_demo/latest.pth")
+    >>> dets = p(["a.jpg", rgb_array])  # one dict per image
+
+    Each result holds `boxes` [K, 4] xyxy in original pixels, `scores` [K], `labels` [K]
+    (0..C-1), `category_ids` [K] (the dataset's ids) and `names` (list of class names).
+    """
+
+    def __init__(self, cfg: dict, checkpoint: str | Path, device: str = "auto") -> None:
+        self.device = resolve_device(device)
+        self.model, state = load_trained_model(cfg, checkpoint, self.device)
+        n = self.model.num_classes
+        self.class_names: list[str] = list(state.get("classes") or [f"class_{i}" for i in range(n)])
+        self.cat_ids: list[int] = [int(c) for c in state.get("cat_ids") or range(n)]
+        self.transform = TestTransform(tuple(cfg["data"]["val"]["img_scale"]))
+        self.size_divisor = cfg["data"]["size_divisor"]
+
+    def __call__(self, images: list[str | Path | np.ndarray]) -> list[dict]:
+        """images: file paths or RGB uint8 arrays [H, W, 3]. Returns one dict per image."""
+        samples = []
+        for im in images:
+            rgb = load_image(im) if isinstance(im, (str, Path)) else im
+            out, _, info = self.transform(rgb, np.zeros((0, 4), np.float32))
+            tensor = torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+            samples.append((tensor, info))
+        batch, targets = collate_batch(samples, self.size_divisor)
+        dets = self.model.predict(batch.to(self.device), targets)
+        for d in dets:
+            for k in ("boxes", "scores", "labels"):
+                d[k] = d[k].cpu()
+            d["category_ids"] = torch.tensor([self.cat_ids[i] for i in d["labels"].tolist()])
+            d["names"] = [self.class_names[i] for i in d["labels"].tolist()]
+        return dets

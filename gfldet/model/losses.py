@@ -1,0 +1,98 @@
+"""The losses of GFL: Quality Focal Loss, Distribution Focal Loss, GIoU; and Varifocal Loss.
+
+Every loss takes `reduction` in {"none", "mean", "sum"}; "none" returns the element-wise loss.
+RetinaNet's focal loss is torchvision's `sigmoid_focal_loss` and GIoU is torchvision's
+`generalized_box_iou_loss`; only what is GFL's own is written here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+__all__ = [
+    "quality_focal_loss",
+    "distribution_focal_loss",
+    "giou_loss",
+    "varifocal_loss",
+    "sigmoid_focal_loss",
+    "soft_targets",
+]
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.mean()
+    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+
+
+def soft_targets(labels: Tensor, scores: Tensor, num_classes: int) -> Tensor:
+    """Dense targets [N, C]: `scores` at each labelled class, 0 elsewhere and for background.
+
+    labels [N] in 0..C (C = background); scores [N] in [0, 1].
+    """
+    t = scores.new_zeros(labels.shape[0], num_classes + 1)
+    t[torch.arange(labels.shape[0], device=labels.device), labels] = scores
+    return t[:, :num_classes]
+
+
+def quality_focal_loss(
+    logits: Tensor, labels: Tensor, scores: Tensor, beta: float = 2.0, reduction: str = "mean"
+) -> Tensor:
+    """QFL(σ) = −|y − σ|^β · BCE(σ, y), y = the IoU score at the labelled class, 0 elsewhere.
+
+    logits [N, C]; labels [N] int in 0..C (C = background); scores [N] float in [0, 1].
+    Returns [N, C] for reduction="none".
+    """
+    target = soft_targets(labels, scores.detach().to(logits.dtype), logits.shape[1])
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    # The modulating factor is not detached: the official implementation backpropagates it.
+    return _reduce(bce * (target - logits.sigmoid()).abs().pow(beta), reduction)
+
+
+def distribution_focal_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    """DFL = −((y_{i+1} − y)·log S_i + (y − y_i)·log S_{i+1}), y_i ≤ y < y_{i+1} = y_i + 1.
+
+    logits [N, n+1] over the bins 0..n; targets [N] float in [0, n). Returns [N] for "none".
+    """
+    left = targets.long()
+    right = left + 1
+    w_left = right.to(targets.dtype) - targets
+    w_right = targets - left.to(targets.dtype)
+    loss = (
+        F.cross_entropy(logits, left, reduction="none") * w_left
+        + F.cross_entropy(logits, right.clamp(max=logits.shape[1] - 1), reduction="none") * w_right
+    )
+    return _reduce(loss, reduction)
+
+
+def giou_loss(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """1 − GIoU of aligned xyxy boxes pred [N, 4], target [N, 4]. Returns [N] for "none"."""
+    return generalized_box_iou_loss(pred, target, reduction=reduction)
+
+
+def varifocal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    alpha: float = 0.75,
+    gamma: float = 2.0,
+    iou_weighted: bool = True,
+    reduction: str = "mean",
+) -> Tensor:
+    """VFL: BCE(σ, q) weighted by q (or 1) for positives and α·σ^γ for negatives.
+
+    logits [N, C]; targets [N, C] IoU-aware soft targets (q > 0 marks a positive).
+    Returns [N, C] for reduction="none".
+    """
+    sig = logits.sigmoid()
+    pos = targets > 0
+    pos_weight = targets if iou_weighted else torch.ones_like(targets)
+    weight = torch.where(pos, pos_weight, alpha * (sig - targets).abs().pow(gamma))
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return _reduce(bce * weight, reduction)

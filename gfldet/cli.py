@@ -29,9 +29,9 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from .data.loader import build_dataloader, build_dataset
+    from .dist import rank, world_size
     from .engine.evaluator import format_metrics
     from .engine.predictor import load_trained_model
-    from .dist import rank, world_size
     from .engine.trainer import evaluate, init_distributed, resolve_device, setup_logging
 
     cfg = load_config(a.config, a.set)

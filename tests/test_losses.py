@@ -50,7 +50,8 @@ def test_qfl_background_and_y_equal_1_and_reductions():
         ]
     )
     torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(quality_focal_loss(logits, labels, scores, reduction="sum"), expect.sum())
+    qfl_sum = quality_focal_loss(logits, labels, scores, reduction="sum")
+    torch.testing.assert_close(qfl_sum, expect.sum())
     torch.testing.assert_close(quality_focal_loss(logits, labels, scores), expect.mean())
     with pytest.raises(ValueError, match="reduction"):
         quality_focal_loss(logits, labels, scores, reduction="avg")
@@ -134,7 +135,8 @@ def test_special_cases_of_gfl():
     logits = torch.log(sig / (1 - sig))
     # QFL: y_l = 0, y_r = 1, p_r = σ, p_l = 1 − σ.
     y = torch.tensor([0.3, 0.0, 1.0], dtype=torch.float64)
-    qfl = quality_focal_loss(logits[:, None], torch.zeros(3, dtype=torch.long), y, 2.0, "none")[:, 0]
+    zeros = torch.zeros(3, dtype=torch.long)
+    qfl = quality_focal_loss(logits[:, None], zeros, y, 2.0, "none")[:, 0]
     torch.testing.assert_close(qfl, gfl_general(y, zero, one, 1 - sig, sig, 2.0))
     # FL (no α balance): y ∈ {0, 1}, β = γ.
     y01 = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)

@@ -651,23 +651,15 @@ def test_load_checkpoint_missing_file(tmp_path):
         load_checkpoint(tmp_path / "nope.pth")
 
 
-TEXT_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="checkpoint.py load_checkpoint catches only UnpicklingError/RuntimeError/EOFError/"
-    "OSError; torch's weights-only unpickler raises IndexError ('pop from empty list') or "
-    "KeyError (e.g. 101) on many text files, which escape instead of a ValueError naming the file",
-)
-
-
 @pytest.mark.parametrize(
     "text",
     [
         '{"model": {"w": 1}}\n',
         "#!/bin/sh\necho hi\n",
         "",
-        pytest.param("train:\n  epochs: 3\n", marks=TEXT_BUG, id="yaml-config"),
-        pytest.param("this is not a checkpoint\n", marks=TEXT_BUG, id="sentence"),
-        pytest.param("hello world\n", marks=TEXT_BUG, id="hello"),
+        pytest.param("train:\n  epochs: 3\n", id="yaml-config"),
+        pytest.param("this is not a checkpoint\n", id="sentence"),
+        pytest.param("hello world\n", id="hello"),
     ],
 )
 def test_load_checkpoint_text_file(tmp_path, text):
@@ -768,12 +760,6 @@ def test_interrupted_save_keeps_previous_file(tmp_path, monkeypatch):
     assert load_checkpoint(path)["epoch"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="checkpoint.py save_checkpoint: tempfile.mkstemp creates the file with mode 0600 and "
-    "os.replace keeps it, so checkpoints are unreadable to other users (torch.save to a path "
-    "gives 0666 & ~umask, e.g. 0644)",
-)
 def test_saved_checkpoint_has_normal_permissions(tmp_path):
     path = tmp_path / "ckpt.pth"
     save_checkpoint({"model": {"w": torch.ones(1)}}, path)

@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import time
-from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
 
@@ -283,7 +283,9 @@ def write_shapes_dataset(out_dir: str | Path, num_train: int = 2000, num_val: in
     (out_dir / "meta.json").unlink(missing_ok=True)  # never leave a stale meta on a crash
     if workers is None:
         workers = 1 if num_train + num_val < 256 else min(2, os.cpu_count() or 1)
-    pool = Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) if workers > 1 else None
+    # spawn, not fork: forking a process whose torch/OpenMP threads hold locks can deadlock.
+    ctx = multiprocessing.get_context("spawn")
+    pool = ctx.Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) if workers > 1 else None
     try:
         for split_index, num in enumerate((num_train, num_val)):
             _write_split(out_dir, split_index, num, meta, pool)

@@ -23,6 +23,10 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 & ~umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -44,8 +48,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"{path}: refused to load: it is not a plain checkpoint of tensors ({first})"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({e})") from None
+    except Exception as e:  # noqa: BLE001 - the unpickler raises many types on junk input
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not a checkpoint (holds a {type(state).__name__})")
     if "model" not in state:

@@ -39,7 +39,8 @@ def load_trained_model(cfg: dict, checkpoint: str | Path, device: torch.device) 
 class Predictor:
     """A detector ready for images.
 
-    >>> p = Predictor(gfldet.load_config("configs/shapes_demo.yaml"), "work_dirs/shapes_demo/latest.pth")
+    >>> cfg = gfldet.load_config("configs/shapes_demo.yaml")
+    >>> p = Predictor(cfg, "work_dirs/shapes_demo/latest.pth")
     >>> dets = p(["a.jpg", rgb_array])  # one dict per image
 
     Each result holds `boxes` [K, 4] xyxy in original pixels, `scores` [K], `labels` [K]

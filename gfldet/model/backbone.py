@@ -93,7 +93,8 @@ class ResNet(nn.Module):
         return [c3, c4, self.layer4(c4)]
 
     def load_pretrained(self, pretrained: str) -> None:
-        """Loads a local weight file or a torchvision weights name (e.g. 'ResNet50_Weights.IMAGENET1K_V1').
+        """Loads a local weight file or a torchvision weights name
+        (e.g. 'ResNet50_Weights.IMAGENET1K_V1').
 
         A name is resolved through torchvision, which uses its hub cache and downloads only when
         the file is not cached. The classifier (fc.*) is dropped; any other mismatch is an error.

@@ -26,7 +26,7 @@ def distance2bbox(points: Tensor, distances: Tensor, max_shape: Tensor | None = 
 
 
 def bbox2distance(points: Tensor, boxes: Tensor, max_dis: float | None = None) -> Tensor:
-    """Edge distances from points [..., 2] to boxes [..., 4]; clamped to [0, max_dis]. -> [..., 4]."""
+    """Edge distances from points [..., 2] to boxes [..., 4] clamped to [0, max_dis]: [..., 4]."""
     d = torch.cat([points - boxes[..., :2], boxes[..., 2:] - points], dim=-1)
     return d.clamp(min=0, max=max_dis) if max_dis is not None else d.clamp(min=0)
 

@@ -131,7 +131,9 @@ class GFL(nn.Module):
         weight_sum = reduce_mean(weight.sum()).clamp(min=1)
         loss_giou = (giou_loss(pred_box, target_box, "none") * weight).sum()
         dfl_target = bbox2distance(centers, target_box, n - 0.1)
-        loss_dfl = distribution_focal_loss(reg_pos.reshape(-1, n + 1), dfl_target.reshape(-1), "none")
+        loss_dfl = distribution_focal_loss(
+            reg_pos.reshape(-1, n + 1), dfl_target.reshape(-1), "none"
+        )
         loss_dfl = (loss_dfl * weight.repeat_interleave(4)).sum() / 4
         return {
             "loss_qfl": lc["qfl_weight"] * loss_qfl / num_pos,

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.gfldet-installed
 DEMO_CFG := configs/shapes_demo.yaml
 DEMO_DIR := work_dirs/shapes_demo
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint bench bench-converge clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check gfldet tests scripts
 	$(BIN)/python -m pytest tests
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py --out bench.json
+
+bench-converge: $(STAMP)
+	$(BIN)/python scripts/bench_converge.py --out bench_converge.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check gfldet tests scripts

@@ -4,6 +4,8 @@ A config is a plain nested dict. `DEFAULTS` below is the schema: every key a con
 appears there with its default, and the default's type is the key's type (a key whose default
 is null names its type in `NULLABLE`). Files only override defaults; a key not in the schema,
 or a value of the wrong type, is an error naming its dotted path and the file it came from.
+Keys in `CHOICES` take one of a fixed set of strings; `check_model_options` checks the model's
+switches against each other (also called by `build_model` for configs made in code).
 """
 
 from __future__ import annotations
@@ -33,16 +35,27 @@ DEFAULTS: dict[str, Any] = {
             "feat_channels": 256,
             "stacked_convs": 4,
             "num_groups": 32,  # GroupNorm groups in the towers
-            "reg_max": 16,  # n: edge distances take bins 0..n (in strides)
+            "reg_max": 16,  # n: edge distances take bins 0..n (x bin_width strides)
             "anchor_scale": 8.0,  # ATSS anchor side = anchor_scale * stride
             "strides": [8, 16, 32, 64, 128],
             "prior_prob": 0.01,
+            # Ablations (paper Tables 1(a), 2(a), 2(c), docs/ablations.md); defaults are GFL.
+            "quality": "joint",  # joint | none | centerness | iou | centerness_guided | iou_guided
+            "box": "general",  # general (distribution) | dirac | gaussian
+            "bin_width": 1.0,  # Δ: bins y_i = i * Δ (in strides), i = 0..reg_max
         },
         "loss": {
             "qfl_beta": 2.0,
-            "qfl_weight": 1.0,
+            "qfl_weight": 1.0,  # weight of the classification loss (QFL, focal or VFL)
             "giou_weight": 2.0,
-            "dfl_weight": 0.25,
+            "dfl_weight": 0.25,  # 0: general distribution without DFL
+            "nll_weight": 0.25,  # Gaussian negative log-likelihood (box: gaussian)
+            "cls": "qfl",  # qfl | focal (one-hot targets) | vfl
+            "focal_alpha": 0.25,
+            "focal_gamma": 2.0,
+            "vfl_alpha": 0.75,
+            "vfl_gamma": 2.0,
+            "quality_weight": 1.0,  # BCE of a separate centerness / IoU branch
         },
         "assigner": {"topk": 9},
         "test": {"nms_pre": 1000, "score_thr": 0.05, "nms_iou": 0.6, "max_per_img": 100},
@@ -57,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
             "flip_prob": 0.5,
             "ms_short_range": None,  # [min, max] short side for multi-scale training
         },
+        "skip_bad_images": False,  # unreadable images: skip with a warning instead of failing
         "val": {
             "ann_file": "data/coco/annotations/instances_val2017.json",
             "img_dir": "data/coco/val2017",
@@ -84,6 +98,13 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_interval": 1,  # epochs
         "log_interval": 20,  # iterations
         "grad_clip": None,  # max grad norm, or null
+        "amp": False,  # CUDA: fp16 autocast + GradScaler; CPU: bf16 autocast
+        "ema": False,  # keep an exponential moving average of the weights
+        "ema_decay": 0.9998,
+        "sync_bn": False,  # SyncBatchNorm across ranks (only with trainable BN)
+        "checkpoint_interval_iters": 0,  # also save latest.pth every N iterations; 0: off
+        "keep_last": 0,  # keep only the last N epoch_*.pth; 0: keep all
+        "deterministic": False,  # deterministic algorithms (bitwise resume on CPU)
     },
 }
 
@@ -95,6 +116,16 @@ NULLABLE: dict[str, tuple[type, ...]] = {
     "train.max_iters": (int,),
     "train.grad_clip": (int, float),
 }
+
+# Keys that take one of a fixed set of strings (the first listed is the paper's GFL).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.head.quality": (
+        "joint", "none", "centerness", "iou", "centerness_guided", "iou_guided"
+    ),
+    "model.head.box": ("general", "dirac", "gaussian"),
+    "model.loss.cls": ("qfl", "focal", "vfl"),
+    "train.optimizer": ("sgd", "adamw"),
+}  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -207,6 +238,45 @@ def _check(value: Any, default: Any, key: str, origin: dict[str, Path]) -> None:
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
         names = " or ".join(t.__name__ for t in types)
         raise ConfigError(f"{where}: '{key}' must be {names}, got {value!r}")
+    if key in CHOICES and value not in CHOICES[key]:
+        allowed = ", ".join(CHOICES[key])
+        raise ConfigError(f"{where}: '{key}' must be one of {allowed}; got {value!r}")
+
+
+def check_model_options(cfg: dict, origin: dict[str, Path | str] | None = None) -> None:
+    """Checks the model's switches against each other (their single values are checked by
+    the schema): the classification loss must fit the quality representation, reg_max >= 1,
+    bin_width > 0. Raises ConfigError naming the keys, their values and, when `origin` (dotted
+    key -> file or '--set') is given, where they were set."""
+    h, loss = cfg["model"]["head"], cfg["model"]["loss"]
+
+    def at(key: str) -> str:
+        if origin is None:
+            return f"'{key}'"
+        return f"'{key}' (from {origin.get(key, 'the defaults')})"
+
+    for key, value in (("model.head.quality", h["quality"]), ("model.head.box", h["box"]),
+                       ("model.loss.cls", loss["cls"])):  # fmt: skip
+        if value not in CHOICES[key]:
+            allowed = ", ".join(CHOICES[key])
+            raise ConfigError(f"{at(key)} must be one of {allowed}; got {value!r}")
+    quality, cls = h["quality"], loss["cls"]
+    if quality == "joint" and cls == "focal":
+        raise ConfigError(
+            f"{at('model.loss.cls')} is 'focal', which trains one-hot targets, but "
+            f"{at('model.head.quality')} is 'joint', whose target is the IoU score: "
+            "use model.loss.cls qfl or vfl, or another model.head.quality"
+        )
+    if quality != "joint" and cls != "focal":
+        raise ConfigError(
+            f"{at('model.loss.cls')} is {cls!r}, which trains the joint class-IoU score, but "
+            f"{at('model.head.quality')} is {quality!r}: the separate and guided quality "
+            "representations use model.loss.cls focal"
+        )
+    if h["reg_max"] < 1:
+        raise ConfigError(f"{at('model.head.reg_max')} must be >= 1, got {h['reg_max']}")
+    if not h["bin_width"] > 0:
+        raise ConfigError(f"{at('model.head.bin_width')} must be > 0, got {h['bin_width']}")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -250,7 +320,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
     for item in overrides:  # errors in overridden keys should blame --set, not the file
         origin.pop(".".join(parse_override(item)[0]), None)
     _check(cfg, DEFAULTS, "", origin)
+    check_model_options(cfg, {**origin, **{k: "--set" for k in _override_keys(overrides)}})
     return cfg
+
+
+def _override_keys(overrides: list[str]) -> list[str]:
+    """Dotted keys set by --set items, including those inside a mapping value."""
+    keys = []
+    for item in overrides:
+        path, value = parse_override(item)
+        key = ".".join(path)
+        keys += [key] + (_dotted_keys(value, key + ".") if isinstance(value, dict) else [])
+    return keys
 
 
 def dump_config(cfg: dict, path: str | Path) -> None:

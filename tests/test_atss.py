@@ -1,6 +1,7 @@
 """ATSS: the vectorised, batched assigner against a plain per-gt loop of the paper's five steps."""
 
 import torch
+from torchvision.ops import box_iou
 
 from gfldet.model.atss import atss_assign
 from gfldet.model.box_ops import grid_points, square_anchors
@@ -25,8 +26,10 @@ def reference_atss(anchors, num_level, gts, topk=9):
         ious = torch.tensor(ious, dtype=torch.float64)
         cand, start = [], 0
         for n in num_level:
-            d = [((centers[i, 0] - cx) ** 2 + (centers[i, 1] - cy) ** 2).item()
-                 for i in range(start, start + n)]
+            d = [
+                ((centers[i, 0] - cx) ** 2 + (centers[i, 1] - cy) ** 2).item()
+                for i in range(start, start + n)
+            ]
             order = sorted(range(n), key=lambda i: (d[i], i))[: min(topk, n)]
             cand += [start + i for i in order]
             start += n
@@ -122,3 +125,43 @@ def test_degenerate_boxes_are_never_positive():
     gts = torch.tensor([[8.0, 8.0, 8.0, 20.0], [5.0, 5.0, 5.0, 5.0]])
     got, _ = atss_assign(anchors, num_level, gts)
     assert (got == -1).all()
+
+
+def test_matches_reference_on_many_random_layouts():
+    """Random pyramids (some levels smaller than k), k, and gt sets with tiny, huge, partly
+    outside and degenerate boxes; the batched call is checked against the loop per image."""
+    gen = torch.Generator().manual_seed(7)
+    checked_pos = 0
+    for trial in range(40):
+        num_levels = 1 + trial % 4
+        h0, w0 = (
+            int(torch.randint(1, 9, (1,), generator=gen)),
+            int(torch.randint(1, 9, (1,), generator=gen)),
+        )
+        sizes = [(max(1, h0 >> i), max(1, w0 >> i)) for i in range(num_levels)]
+        strides = [8 * 2**i for i in range(num_levels)]
+        anchors, num_level = make_anchors(sizes, strides)
+        topk = [1, 3, 9, 12][trial % 4]
+        extent = 8.0 * max(h0, w0)
+        images = []
+        for _ in range(3):
+            n = int(torch.randint(0, 7, (1,), generator=gen))
+            gts = random_gts(gen, n, extent)
+            if n >= 2:
+                gts[0, 2] = gts[0, 0]  # zero width
+                gts[1] = gts[1] * torch.tensor([1.0, 1.0, 4.0, 4.0])  # large, partly outside
+            images.append(gts)
+        g = max(1, max(len(x) for x in images))
+        boxes, valid = torch.zeros(3, g, 4), torch.zeros(3, g, dtype=torch.bool)
+        for i, x in enumerate(images):
+            boxes[i, : len(x)], valid[i, : len(x)] = x, True
+        batched, ious = atss_assign(anchors, num_level, boxes, valid, topk)
+        for i, x in enumerate(images):
+            expect = reference_atss(anchors.double(), num_level, x.double(), topk)
+            assert torch.equal(batched[i], expect), (trial, i)
+            checked_pos += int((expect >= 0).sum())
+            if len(x):
+                from_box = box_iou(anchors, x)[torch.arange(len(anchors)), batched[i].clamp(min=0)]
+                torch.testing.assert_close(ious[i][batched[i] >= 0], from_box[batched[i] >= 0])
+            assert (ious[i][batched[i] < 0] == 0).all()
+    assert checked_pos > 30  # the cases do exercise positives (47 with this seed)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gfldet.config import DEFAULTS, ConfigError, dump_config, load_config
+from gfldet.config import CHOICES, DEFAULTS, ConfigError, dump_config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("**/*.yaml"))
@@ -351,3 +351,94 @@ def test_shapes_demo_values():
     assert cfg["model"]["backbone"]["pretrained"] is None
     assert cfg["device"] == "cpu"
     assert cfg["data"]["train"]["img_scale"] == [256, 256]
+
+
+# ---------------------------------------------------------------- choices and model switches
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [
+        ("model.head.box", "foo"),
+        ("model.head.quality", "centreness"),
+        ("model.loss.cls", "QFL"),
+        ("train.optimizer", "adam"),
+    ],
+)
+def test_unknown_choice_names_key_value_and_choices(tmp_path, key, bad):
+    allowed = CHOICES[key]
+    # in a file: the file is blamed
+    section, *rest = key.split(".")
+    text = f"{section}:\n" + "".join(
+        "  " * (i + 1) + f"{k}:" + (f" {bad}\n" if i == len(rest) - 1 else "\n")
+        for i, k in enumerate(rest)
+    )
+    path = write(tmp_path / "bad.yaml", text)
+    msg = config_error(path)
+    assert f"'{key}'" in msg and repr(bad) in msg and str(path.resolve()) in msg
+    assert all(choice in msg for choice in allowed)
+    # on the command line: --set is blamed
+    ok = write(tmp_path / "ok.yaml", "seed: 1\n")
+    msg = config_error(ok, [f"{key}={bad}"])
+    assert "--set" in msg and f"'{key}'" in msg and repr(bad) in msg
+    assert all(choice in msg for choice in allowed)
+
+
+def test_every_choice_is_accepted_and_defaults_are_choices(tmp_path):
+    path = write(tmp_path / "ok.yaml", "seed: 1\n")
+    for key, allowed in CHOICES.items():
+        node = DEFAULTS
+        for k in key.split("."):
+            node = node[k]
+        assert node == allowed[0], key  # the first choice is the default (GFL's)
+    for quality in CHOICES["model.head.quality"]:
+        cls = "qfl" if quality == "joint" else "focal"
+        for box in CHOICES["model.head.box"]:
+            cfg = load_config(path, [f"model.head.quality={quality}", f"model.loss.cls={cls}",
+                                     f"model.head.box={box}"])  # fmt: skip
+            assert (cfg["model"]["head"]["quality"], cfg["model"]["head"]["box"]) == (quality, box)
+    assert load_config(path, ["model.loss.cls=vfl"])["model"]["loss"]["cls"] == "vfl"
+    assert load_config(path, ["train.optimizer=adamw"])["train"]["optimizer"] == "adamw"
+
+
+def test_classification_loss_must_fit_the_quality_representation(tmp_path):
+    path = write(tmp_path / "c.yaml", "model:\n  head:\n    quality: centerness\n")
+    msg = config_error(path)  # cls stays qfl, the default
+    assert "'model.loss.cls'" in msg and "'qfl'" in msg and "the defaults" in msg
+    assert "'model.head.quality'" in msg and "'centerness'" in msg and str(path.resolve()) in msg
+    assert "focal" in msg
+    msg = config_error(path, ["model.loss.cls=vfl"])
+    assert "'vfl'" in msg and "--set" in msg
+    assert load_config(path, ["model.loss.cls=focal"])["model"]["loss"]["cls"] == "focal"
+    joint = write(tmp_path / "j.yaml", "model:\n  loss:\n    cls: focal\n")
+    msg = config_error(joint)
+    assert "'focal'" in msg and "'joint'" in msg and "qfl or vfl" in msg
+    assert str(joint.resolve()) in msg
+
+
+@pytest.mark.parametrize(
+    ("item", "key"),
+    [
+        ("model.head.reg_max=0", "model.head.reg_max"),
+        ("model.head.bin_width=0", "model.head.bin_width"),
+        ("model.head.bin_width=-0.5", "model.head.bin_width"),
+        ("model.head.bin_width=.nan", "model.head.bin_width"),
+    ],
+)
+def test_reg_max_and_bin_width_must_be_positive(tmp_path, item, key):
+    msg = config_error(write(tmp_path / "ok.yaml", "seed: 1\n"), [item])
+    assert f"'{key}'" in msg and "--set" in msg
+
+
+def test_model_options_are_checked_for_configs_made_in_code():
+    from gfldet.model.detector import build_model
+
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg["model"]["num_classes"] = 3
+    cfg["model"]["head"]["box"] = "foo"
+    with pytest.raises(ConfigError, match="model.head.box.*general, dirac, gaussian"):
+        build_model(cfg)
+    cfg["model"]["head"]["box"] = "dirac"
+    cfg["model"]["loss"]["cls"] = "focal"
+    with pytest.raises(ConfigError, match="model.loss.cls"):
+        build_model(cfg)

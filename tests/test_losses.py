@@ -61,8 +61,9 @@ def test_qfl_minimum_at_sigma_equal_y():
     y = 0.63
     grid = torch.linspace(0.01, 0.99, 981)
     logits = torch.log(grid / (1 - grid))[:, None]
-    loss = quality_focal_loss(logits, torch.zeros(981, dtype=torch.long), torch.full((981,), y),
-                              reduction="none")[:, 0]
+    loss = quality_focal_loss(
+        logits, torch.zeros(981, dtype=torch.long), torch.full((981,), y), reduction="none"
+    )[:, 0]
     assert abs(grid[loss.argmin()].item() - y) < 2e-3
     assert loss.min().item() == pytest.approx(0.0, abs=1e-6)
 
@@ -160,7 +161,87 @@ def test_gradients_float64():
     assert torch.autograd.gradcheck(lambda x: distribution_focal_loss(x, t), (dl,))
     vt = torch.rand(4, 3, dtype=torch.float64) * (torch.rand(4, 3) > 0.5)
     assert torch.autograd.gradcheck(lambda x: varifocal_loss(x, vt), (logits,))
-    pred = torch.tensor([[0.0, 0.0, 2.0, 2.5], [1.0, 1.0, 4.0, 3.0]], dtype=torch.float64,
-                        requires_grad=True)
+    pred = torch.tensor(
+        [[0.0, 0.0, 2.0, 2.5], [1.0, 1.0, 4.0, 3.0]], dtype=torch.float64, requires_grad=True
+    )
     target = torch.tensor([[0.5, 0.2, 2.2, 3.0], [0.0, 2.0, 3.0, 5.0]], dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda p: giou_loss(p, target), (pred,))
+
+
+def test_reductions_and_shapes_of_every_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 4)
+    labels = torch.tensor([0, 4, 2, 4, 3, 1])
+    scores = torch.rand(6)
+    dfl_logits = torch.randn(6, 9)
+    dfl_t = torch.rand(6) * 7.9
+    vfl_t = torch.rand(6, 4) * (torch.rand(6, 4) > 0.6)
+    xy = torch.rand(6, 2) * 10
+    pred = torch.cat([xy, xy + 1 + torch.rand(6, 2) * 5], 1)
+    target = torch.cat([xy + 0.5, xy + 2 + torch.rand(6, 2) * 5], 1)
+    cases = {
+        "qfl": (lambda r: quality_focal_loss(logits, labels, scores, reduction=r), (6, 4)),
+        "dfl": (lambda r: distribution_focal_loss(dfl_logits, dfl_t, reduction=r), (6,)),
+        "vfl": (lambda r: varifocal_loss(logits, vfl_t, reduction=r), (6, 4)),
+        "giou": (lambda r: giou_loss(pred, target, reduction=r), (6,)),
+    }
+    for name, (fn, shape) in cases.items():
+        none = fn("none")
+        assert none.shape == shape, name
+        assert (none >= 0).all(), name
+        torch.testing.assert_close(fn("sum"), none.sum(), msg=name)
+        torch.testing.assert_close(fn("mean"), none.mean(), msg=name)
+    with pytest.raises(ValueError, match="reduction"):
+        distribution_focal_loss(dfl_logits, dfl_t, reduction="avg")
+
+
+def test_dfl_target_on_the_last_bin_and_at_zero():
+    probs = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    loss = distribution_focal_loss(probs.log(), torch.tensor([2.0, 0.0]), reduction="none")
+    torch.testing.assert_close(loss, torch.tensor([-math.log(0.5), -math.log(0.6)]))
+
+
+def test_dfl_is_gfl_with_beta_zero_on_random_cases():
+    gen = torch.Generator().manual_seed(3)
+    probs = torch.rand(20, 11, generator=gen, dtype=torch.float64) + 0.01
+    probs /= probs.sum(1, keepdim=True)
+    t = torch.rand(20, generator=gen, dtype=torch.float64) * 9.99
+    left = t.floor()
+    rows = torch.arange(20)
+    expect = gfl_general(t, left, left + 1, probs[rows, left.long()],
+                         probs[rows, left.long() + 1], 0.0)  # fmt: skip
+    torch.testing.assert_close(distribution_focal_loss(probs.log(), t, "none"), expect)
+
+
+def test_qfl_gradient_vanishes_at_sigma_equal_y():
+    y = torch.tensor([0.0, 0.35, 0.8, 1.0 - 1e-6], dtype=torch.float64)
+    logits = torch.log(y.clamp(min=1e-6) / (1 - y.clamp(min=1e-6)))[:, None].requires_grad_()
+    loss = quality_focal_loss(logits, torch.zeros(4, dtype=torch.long), y, 2.0, "sum")
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert grad.abs().max().item() < 1e-9
+
+
+def test_focal_loss_by_hand_with_alpha():
+    # RetinaNet's FL on one-hot targets, the classification loss of the ATSS ablations.
+    sig = torch.tensor([[0.7, 0.2]])
+    logits = torch.log(sig / (1 - sig))
+    target = torch.tensor([[1.0, 0.0]])
+    loss = sigmoid_focal_loss(logits, target, alpha=0.25, gamma=2.0, reduction="none")
+    expect = torch.tensor([[-0.25 * 0.3**2 * math.log(0.7), -0.75 * 0.2**2 * math.log(0.8)]])
+    torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-7)
+
+
+def test_vfl_without_iou_weighting_and_at_y_equal_1():
+    sig = torch.tensor([[0.8, 0.3, 0.6]])
+    logits = torch.log(sig / (1 - sig))
+    target = torch.tensor([[0.6, 0.0, 1.0]])
+    loss = varifocal_loss(logits, target, iou_weighted=False, reduction="none")
+    expect = torch.tensor([[
+        -(0.6 * math.log(0.8) + 0.4 * math.log(0.2)),  # weight 1 instead of q
+        -0.75 * 0.3**2 * math.log(0.7),
+        -math.log(0.6),
+    ]])  # fmt: skip
+    torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-7)
+    weighted = varifocal_loss(logits, target, reduction="none")
+    torch.testing.assert_close(weighted[0, 0], 0.6 * expect[0, 0])
+    torch.testing.assert_close(weighted[0, 2], expect[0, 2])  # q = 1

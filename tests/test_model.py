@@ -288,8 +288,9 @@ def test_head_output_shapes_prior_and_scales():
     sizes = [(12, 16), (6, 8), (3, 4), (2, 2), (1, 1)]
     feats = [torch.randn(2, 16, h, w) for h, w in sizes]
     with torch.no_grad():
-        cls, reg = head(feats)
+        cls, reg, quality = head(feats)
     a = sum(h * w for h, w in sizes)
+    assert quality is None and head.gfl_quality is None  # GFL: no separate quality branch
     assert cls.shape == (2, a, 5)
     assert reg.shape == (2, a, 4 * 17)
     assert abs(cls.sigmoid().mean().item() - 0.01) < 1e-3
@@ -306,7 +307,7 @@ def test_head_location_order_and_per_level_scale():
     feats = [torch.randn(1, 8, 2, 3), torch.randn(1, 8, 1, 2)]
     with torch.no_grad():
         head.scales[1].scale.fill_(3.0)
-        cls, reg = head(feats)
+        cls, reg, _ = head(feats)
         c0 = head.gfl_cls(head.cls_convs[0](feats[0]))  # [1, 2, 2, 3]
         r1 = head.gfl_reg(head.reg_convs[0](feats[1]))  # [1, 20, 1, 2]
     torch.testing.assert_close(cls[0, 4], c0[0, :, 1, 1])  # (row 1, col 1) of level 0
@@ -481,8 +482,10 @@ def test_predict_results_are_well_formed():
     assert model.training and model.backbone.bn1.training  # train mode restored
     assert len(results) == 2
     for res, (h, w) in zip(results, [(192, 256), (50, 50)]):
-        assert set(res) == {"boxes", "scores", "labels"}
+        assert set(res) == {"boxes", "scores", "labels", "dists"}
         k = len(res["scores"])
+        assert res["dists"].shape == (k, 4, 17)
+        torch.testing.assert_close(res["dists"].sum(-1), torch.ones(k, 4))
         assert 0 < k <= 30
         assert res["boxes"].shape == (k, 4) and res["labels"].shape == (k,)
         boxes = res["boxes"]
@@ -546,6 +549,26 @@ def test_classwise_nms_keeps_identical_boxes_of_different_classes():
     assert res["labels"].tolist() == [0, 1]
     torch.testing.assert_close(res["scores"], torch.tensor([0.9, 0.8]))
     torch.testing.assert_close(res["boxes"], torch.tensor([[16.0, 16, 48, 48]] * 2))
+
+
+def test_postprocess_returns_the_kept_detections_edge_distributions():
+    # Locations 0 and 2 have the same box and class: NMS keeps 0 (0.9), drops 2 (0.7).
+    model = tiny_model(num_classes=2, score_thr=0.05)
+    cls, reg, points, strides, sizes = _hand_made(
+        model, [(2, 2, 2, 2), (1, 3, 5, 7), (2, 2, 2, 2)], [[0.9, 0.01], [0.01, 0.8], [0.7, 0.01]]
+    )
+    (res,) = model.postprocess(cls, reg, points, strides, sizes, (64, 64), None)
+    assert res["labels"].tolist() == [0, 1]
+    dists = res["dists"]
+    assert dists.shape == (2, 4, 17)
+    expect = reg[0, [0, 1]].unflatten(-1, (4, 17)).softmax(-1)
+    torch.testing.assert_close(dists, expect)
+    assert dists.argmax(-1).tolist() == [[2, 2, 2, 2], [1, 3, 5, 7]]
+    # The expectation of each distribution, in pixels, gives back the box's edges (the box
+    # itself is then clipped to the 64 x 64 image).
+    edges = (dists @ torch.arange(17.0)) * 8
+    torch.testing.assert_close(edges[1], torch.tensor([8.0, 24, 40, 56]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(res["boxes"][1], torch.tensor([24.0, 8, 64, 64]), atol=1e-3, rtol=0)
 
 
 def test_nms_is_per_image():

@@ -1,8 +1,9 @@
 """Deterministic synthetic COCO-format "shapes" detection dataset (gfldet's embedded demo data).
 
 Every image has a textured, noisy background (gradient, low-frequency colour blobs, clutter lines
-that are not objects) and 0..``max_objects`` shapes of random class, size (log-uniform longest
-side), colour, aspect ratio, rotation and fill style (solid, textured or outline-only). Objects are
+that are not objects) and 0..``max_objects`` shapes of random class, size (longest side uniform in
+square root between min and max size), colour, aspect ratio, rotation and fill style (solid,
+textured or outline-only). About half the objects are COCO-small by visible area. Objects are
 painted in order and may occlude earlier ones, but a placement that would leave an earlier object
 less than 50% visible is rejected. Boxes and areas describe the *visible* pixels only.
 
@@ -31,7 +32,7 @@ CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "el
 CATEGORY_IDS: tuple[int, ...] = (1, 2, 3, 5, 7, 9)  # deliberately non-contiguous
 SPLITS: tuple[str, ...] = ("train", "val")  # split index = position in this tuple
 IMAGE_ID_OFFSET = 1000  # image id = IMAGE_ID_OFFSET + image index (ids deliberately not from 0)
-GENERATOR_VERSION = 2  # bump whenever rendering changes: invalidates cached datasets
+GENERATOR_VERSION = 4  # bump whenever rendering changes: invalidates cached datasets
 EMPTY_PROB = 0.02  # fraction of background-only images
 MIN_VISIBLE = 0.5  # every object keeps at least this fraction of its pixels visible
 MIN_BOX_SIDE = 4  # objects whose visible box is thinner than this are dropped
@@ -51,7 +52,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     grid += rng.standard_normal((k, k, 3), dtype=np.float32) * rng.uniform(10, 40)
     img = cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
     img = np.clip(img, 0, 255).astype(np.uint8)
-    for _ in range(int(rng.integers(0, 7))):  # clutter: open polylines, never annotated
+    for _ in range(int(rng.integers(0, 4))):  # clutter: open polylines, never annotated
         pts = rng.integers(0, size, (int(rng.integers(2, 4)), 2)).astype(np.int32)
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
         cv2.polylines(img, [pts], False, colour, int(rng.integers(1, 4)), cv2.LINE_AA)
@@ -91,20 +92,21 @@ def _shape_mask(name: str, rng: np.random.Generator, img_size: int, min_size: in
     pts = pts @ np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
     hi = max(min(max_size, img_size - 3), 1)
     lo = min(max(min_size, 1), hi)
-    longest = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    # Uniform in sqrt(side): small shapes are common (~30% under 32 px) without dominating.
+    longest = rng.uniform(math.sqrt(lo), math.sqrt(hi)) ** 2
     pts = (pts - pts.min(0)) * (longest / np.ptp(pts, 0).max()) + rng.uniform(0, 1, 2)
     w, h = (int(v) + 2 for v in pts.max(0))
     poly = [np.round(pts * (1 << _SHIFT)).astype(np.int32)]
     mask = np.zeros((h, w), np.uint8)
     cv2.fillPoly(mask, poly, 1, cv2.LINE_8, _SHIFT)
     style = "solid"
-    if longest >= 24 and rng.random() < 0.2:  # outline-only: inner band of the filled shape
+    if longest >= 24 and rng.random() < 0.1:  # outline-only: inner band of the filled shape
         band = np.zeros_like(mask)
         thickness = 2 * max(2, round(longest * rng.uniform(0.06, 0.12)))
         cv2.polylines(band, poly, True, 1, thickness, cv2.LINE_8, _SHIFT)
         mask &= band
         style = "outline"
-    elif longest >= 20 and rng.random() < 0.3:  # stripes/checker would hide tiny shapes
+    elif longest >= 20 and rng.random() < 0.2:  # stripes/checker would hide tiny shapes
         style = "texture"
     x0, y0 = int(rng.integers(0, img_size - w + 1)), int(rng.integers(0, img_size - h + 1))
     return mask.astype(bool), (slice(y0, y0 + h), slice(x0, x0 + w)), style

@@ -31,6 +31,17 @@ def bbox2distance(points: Tensor, boxes: Tensor, max_dis: float | None = None) -
     return d.clamp(min=0, max=max_dis) if max_dis is not None else d.clamp(min=0)
 
 
+def centerness(points: Tensor, boxes: Tensor, eps: float = 1e-12) -> Tensor:
+    """FCOS centerness of points [..., 2] inside boxes [..., 4]: [...] in [0, 1], 1 at the centre.
+
+    sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)) with (l, t, r, b) = bbox2distance.
+    """
+    d = bbox2distance(points, boxes)
+    lr, tb = d[..., 0::2], d[..., 1::2]
+    ratio = (lr.amin(-1) / lr.amax(-1).clamp(min=eps)) * (tb.amin(-1) / tb.amax(-1).clamp(min=eps))
+    return ratio.sqrt()
+
+
 def aligned_box_iou(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
     """IoU of each box in a [N, 4] with the box at the same index in b [N, 4] -> [N]."""
     lt = torch.maximum(a[:, :2], b[:, :2])

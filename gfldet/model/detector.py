@@ -2,30 +2,74 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
+from ..config import DEFAULTS, check_model_options
 from ..dist import reduce_mean
 from .atss import atss_assign
 from .backbone import ResNet
-from .box_ops import aligned_box_iou, bbox2distance, distance2bbox, grid_points, square_anchors
+from .box_ops import (
+    aligned_box_iou,
+    bbox2distance,
+    centerness,
+    distance2bbox,
+    grid_points,
+    square_anchors,
+)
 from .fpn import FPN
-from .head import GFLHead, Integral
-from .losses import distribution_focal_loss, giou_loss, quality_focal_loss
+from .head import MAX_LOG_DISTANCE, GFLHead, Integral, exp_distance
+from .losses import (
+    distribution_focal_loss,
+    giou_loss,
+    quality_focal_loss,
+    sigmoid_focal_loss,
+    soft_targets,
+    varifocal_loss,
+)
 
 
 class GFL(nn.Module):
-    """Generalized Focal Loss detector (Li et al., NeurIPS 2020).
+    """Generalized Focal Loss detector (Li et al., NeurIPS 2020), and the paper's ablations.
 
     forward(images, targets): images uint8 (or float, 0..255) [B, 3, H, W] RGB, padded
     bottom/right; targets: one dict per image with `img_size` (h, w) of the unpadded image and,
     for training, `boxes` [N, 4] xyxy and `labels` [N] in 0..C-1; for inference,
     `scale_factor` (w_scale, h_scale) maps boxes back to the original image.
-    Training mode returns {"loss_qfl", "loss_giou", "loss_dfl"}; eval mode returns per image
-    {"boxes" [K, 4] xyxy, "scores" [K], "labels" [K]}, K <= test.max_per_img.
+
+    Training mode returns the losses, each a scalar: the classification loss "loss_qfl",
+    "loss_focal" or "loss_vfl" (model.loss.cls), "loss_giou", and "loss_dfl" (box "general"
+    with dfl_weight > 0), "loss_nll" (box "gaussian"), "loss_quality" (quality "centerness" or
+    "iou"). The default configuration gives GFL's {"loss_qfl", "loss_giou", "loss_dfl"}.
+
+    Eval mode returns per image {"boxes" [K, 4] xyxy, "scores" [K], "labels" [K]},
+    K <= test.max_per_img, and for box "general" also "dists" [K, 4, n+1]: the softmax
+    distributions of the (left, top, right, bottom) edges of each kept detection over the bins
+    0, Δ, ..., nΔ (in strides of its level; gathered after NMS, so it costs nothing measurable).
+
+    The switches (see docs/ablations.md):
+    - Classification targets. A positive's quality is the IoU of its decoded (detached)
+      predicted box with its gt, or the FCOS centerness of its location in the gt.
+      cls "qfl" / "vfl" (quality "joint"): soft target = that IoU at the gt class, QFL or VFL.
+      cls "focal" (every other quality): one-hot targets, torchvision's sigmoid_focal_loss.
+      Guided ("centerness_guided" / "iou_guided"), after IoU-balanced classification (Wu et
+      al. 2019) with η = 1: the focal loss of each positive's gt-class entry is multiplied by
+      w_i = q_i · Σ_j FL_j / Σ_j q_j·FL_j (q detached; sums over this batch's positives), which
+      keeps the positives' total loss and the one-hot optimum but favours well-localised ones.
+      Separate ("centerness" / "iou"): gfl_quality is trained with BCE against q on positives
+      (/ N_pos, × quality_weight), and sigmoid(cls) × sigmoid(quality) is the test score.
+    - Box: "general" decodes the Integral of the distributions (bins y_i = i·Δ, Δ = bin_width)
+      and adds DFL with targets in bin units, distance / Δ clamped to n − 0.1 (i.e. to
+      n·Δ − 0.1·Δ strides); "dirac" decodes exp(x) strides per edge, GIoU only; "gaussian"
+      decodes the means as dirac and adds the Gaussian NLL of the true edge distances (strides)
+      under N(mean, exp(log_var)), × nll_weight, averaged over the 4 edges.
+    - Box-loss weight per positive (GIoU, DFL, NLL; normalised by its sum): the centerness
+      target for quality "centerness" (ATSS), else the detached max class score (GFL).
     """
 
     def __init__(
@@ -36,19 +80,24 @@ class GFL(nn.Module):
         strides: list[int],
         anchor_scale: float = 8.0,
         topk: int = 9,
-        loss_cfg: dict[str, float] | None = None,
+        loss_cfg: dict[str, Any] | None = None,
         test_cfg: dict[str, Any] | None = None,
         mean: list[float] = (123.675, 116.28, 103.53),
         std: list[float] = (58.395, 57.12, 57.375),
+        bin_width: float = 1.0,
     ) -> None:
         super().__init__()
         self.backbone, self.fpn, self.head = backbone, fpn, head
-        self.integral = Integral(head.reg_max)
+        self.bin_width = float(bin_width)
+        self.integral = Integral(head.reg_max, self.bin_width)
         self.strides, self.anchor_scale, self.topk = list(strides), anchor_scale, topk
-        self.loss_cfg = {"qfl_beta": 2.0, "qfl_weight": 1.0, "giou_weight": 2.0, "dfl_weight": 0.25}
+        self.loss_cfg = copy.deepcopy(DEFAULTS["model"]["loss"])
         self.loss_cfg.update(loss_cfg or {})
-        self.test_cfg = {"nms_pre": 1000, "score_thr": 0.05, "nms_iou": 0.6, "max_per_img": 100}
+        self.test_cfg = copy.deepcopy(DEFAULTS["model"]["test"])
         self.test_cfg.update(test_cfg or {})
+        head_cfg = {"quality": head.quality, "box": head.box, "reg_max": head.reg_max,
+                    "bin_width": self.bin_width}  # fmt: skip
+        check_model_options({"model": {"head": head_cfg, "loss": self.loss_cfg}})
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self._grids: dict[tuple, tuple[Tensor, Tensor]] = {}
@@ -75,12 +124,14 @@ class GFL(nn.Module):
 
     def forward(self, images: Tensor, targets: list[dict] | None = None) -> Any:
         feats = self.fpn(self.backbone(self.preprocess(images, targets)))
-        cls, reg = self.head(feats)
+        cls, reg, quality = self.head(feats)
         sizes = [tuple(f.shape[-2:]) for f in feats]
         points, strides = self.grid(sizes, cls.device)
         if self.training:
-            return self.losses(cls, reg, points, strides, sizes, targets)
-        return self.postprocess(cls, reg, points, strides, sizes, images.shape[-2:], targets)
+            return self.losses(cls, reg, points, strides, sizes, targets, quality)
+        return self.postprocess(
+            cls, reg, points, strides, sizes, images.shape[-2:], targets, quality
+        )
 
     @torch.inference_mode()
     def predict(self, images: Tensor, targets: list[dict] | None = None) -> list[dict]:
@@ -92,6 +143,12 @@ class GFL(nn.Module):
         finally:
             self.train(was_training)
 
+    def decode(self, reg: Tensor) -> Tensor:
+        """Edge distances (l, t, r, b) in strides from the reg output: [..., R] -> [..., 4]."""
+        if self.head.box == "general":
+            return self.integral(reg)
+        return exp_distance(reg[..., :4])  # dirac, and the gaussian's means
+
     def losses(
         self,
         cls: Tensor,
@@ -100,10 +157,15 @@ class GFL(nn.Module):
         strides: Tensor,
         sizes: list[tuple[int, int]],
         targets: list[dict],
+        quality: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """QFL + GIoU + DFL. cls [B, A, C], reg [B, A, 4(n+1)], points [A, 2], strides [A]."""
+        """cls [B, A, C], reg [B, A, R], points [A, 2], strides [A], quality [B, A, 1] or None.
+
+        GFL: QFL + GIoU + DFL; the ablations' losses as in the class docstring.
+        """
         b, _, c = cls.shape
-        n = self.head.reg_max
+        n, bw = self.head.reg_max, self.bin_width
+        lc, q_type, box = self.loss_cfg, self.head.quality, self.head.box
         gt_boxes, gt_labels, gt_valid = pad_targets(targets, cls.device)
         anchors = square_anchors(points, strides, self.anchor_scale)
         assigned, _ = atss_assign(anchors, [h * w for h, w in sizes], gt_boxes, gt_valid, self.topk)
@@ -114,32 +176,80 @@ class GFL(nn.Module):
         s = strides[pa, None]
         centers = points[pa] / s
         reg_pos = reg[pb, pa]
-        pred_box = distance2bbox(centers, self.integral(reg_pos))
+        pred_dist = self.decode(reg_pos)
+        pred_box = distance2bbox(centers, pred_dist)
         target_box = gt_boxes[pb, gi] / s
         labels = torch.full((b, cls.shape[1]), c, dtype=torch.long, device=cls.device)
         labels[pb, pa] = gt_labels[pb, gi]
-        scores = torch.zeros((b, cls.shape[1]), dtype=cls.dtype, device=cls.device)
-        scores[pb, pa] = aligned_box_iou(pred_box.detach(), target_box).to(cls.dtype)
-
-        lc = self.loss_cfg
+        iou = aligned_box_iou(pred_box.detach(), target_box).to(cls.dtype)
+        # The quality q of each positive that a separate branch learns or a guided loss uses.
+        q = centerness(centers, target_box) if q_type.startswith("centerness") else iou
         num_pos = reduce_mean(torch.tensor(float(pa.numel()), device=cls.device)).clamp(min=1)
-        loss_qfl = quality_focal_loss(
-            cls.reshape(-1, c), labels.reshape(-1), scores.reshape(-1), lc["qfl_beta"], "sum"
-        )
-        # Box losses are weighted by the detached best class score of each positive.
-        weight = cls.detach()[pb, pa].sigmoid().amax(-1)
+
+        out: dict[str, Tensor] = {}
+        name, loss_cls = self.cls_loss(cls, labels, pb * cls.shape[1] + pa, iou, q)
+        out[name] = lc["qfl_weight"] * loss_cls / num_pos
+
+        # Box losses are weighted per positive: GFL's detached best class score, ATSS's
+        # centerness target.
+        if q_type == "centerness":
+            weight = q.to(cls.dtype)
+        else:
+            weight = cls.detach()[pb, pa].sigmoid().amax(-1)
         weight_sum = reduce_mean(weight.sum()).clamp(min=1)
         loss_giou = (giou_loss(pred_box, target_box, "none") * weight).sum()
-        dfl_target = bbox2distance(centers, target_box, n - 0.1)
-        loss_dfl = distribution_focal_loss(
-            reg_pos.reshape(-1, n + 1), dfl_target.reshape(-1), "none"
-        )
-        loss_dfl = (loss_dfl * weight.repeat_interleave(4)).sum() / 4
-        return {
-            "loss_qfl": lc["qfl_weight"] * loss_qfl / num_pos,
-            "loss_giou": lc["giou_weight"] * loss_giou / weight_sum,
-            "loss_dfl": lc["dfl_weight"] * loss_dfl / weight_sum,
-        }
+        out["loss_giou"] = lc["giou_weight"] * loss_giou / weight_sum
+        if box == "general" and lc["dfl_weight"] > 0:
+            # DFL works in bin units: target distance / Δ, just below the last bin n.
+            dfl_target = (bbox2distance(centers, target_box) / bw).clamp(max=n - 0.1)
+            loss_dfl = distribution_focal_loss(
+                reg_pos.reshape(-1, n + 1), dfl_target.reshape(-1), "none"
+            )
+            loss_dfl = (loss_dfl * weight.repeat_interleave(4)).sum() / 4
+            out["loss_dfl"] = lc["dfl_weight"] * loss_dfl / weight_sum
+        if box == "gaussian":
+            var = reg_pos[:, 4:].clamp(-MAX_LOG_DISTANCE, MAX_LOG_DISTANCE).exp()
+            target_dist = bbox2distance(centers, target_box)
+            nll = F.gaussian_nll_loss(pred_dist, target_dist, var, reduction="none")
+            out["loss_nll"] = lc["nll_weight"] * (nll.sum(-1) * weight).sum() / 4 / weight_sum
+        if quality is not None:
+            loss_q = F.binary_cross_entropy_with_logits(
+                quality[pb, pa, 0], q.to(quality.dtype), reduction="sum"
+            )
+            out["loss_quality"] = lc["quality_weight"] * loss_q / num_pos
+        return out
+
+    def cls_loss(
+        self, cls: Tensor, labels: Tensor, pos: Tensor, iou: Tensor, q: Tensor
+    ) -> tuple[str, Tensor]:
+        """The summed classification loss and its name.
+
+        cls [B, A, C]; labels [B, A] (C = background); pos [P] flat indices b*A + a of the
+        positives; iou [P] of their predicted boxes; q [P] their quality (guided losses).
+        """
+        b, a, c = cls.shape
+        lc = self.loss_cfg
+        logits, flat_labels = cls.reshape(-1, c), labels.reshape(-1)
+        if lc["cls"] in ("qfl", "vfl"):
+            scores = torch.zeros((b, a), dtype=cls.dtype, device=cls.device)
+            scores.view(-1)[pos] = iou
+            if lc["cls"] == "qfl":
+                loss = quality_focal_loss(
+                    logits, flat_labels, scores.reshape(-1), lc["qfl_beta"], "sum"
+                )
+                return "loss_qfl", loss
+            target = soft_targets(flat_labels, scores.reshape(-1), c)
+            loss = varifocal_loss(logits, target, lc["vfl_alpha"], lc["vfl_gamma"], True, "sum")
+            return "loss_vfl", loss
+        target = soft_targets(flat_labels, torch.ones_like(flat_labels, dtype=cls.dtype), c)
+        alpha, gamma = lc["focal_alpha"], lc["focal_gamma"]
+        if not self.head.quality.endswith("_guided"):
+            return "loss_focal", sigmoid_focal_loss(logits, target, alpha, gamma, "sum")
+        fl = sigmoid_focal_loss(logits, target, alpha, gamma, "none")
+        fl_pos = fl[pos, flat_labels[pos]]
+        qd, fd = q.detach().to(fl.dtype), fl_pos.detach()
+        w = qd * fd.sum() / (qd * fd).sum().clamp(min=torch.finfo(fl.dtype).tiny)
+        return "loss_focal", fl.sum() + ((w - 1) * fl_pos).sum()
 
     def postprocess(
         self,
@@ -150,11 +260,18 @@ class GFL(nn.Module):
         sizes: list[tuple[int, int]],
         pad_shape: tuple[int, int],
         targets: list[dict] | None,
+        quality: Tensor | None = None,
     ) -> list[dict]:
-        """Top nms_pre per level, decode, score threshold, class-wise NMS, max_per_img."""
+        """Top nms_pre per level, decode, score threshold, class-wise NMS, max_per_img.
+
+        cls [B, A, C], reg [B, A, R], quality [B, A, 1] or None (its sigmoid multiplies the
+        class scores, as ATSS); see the class docstring for the result.
+        """
         b, _, c = cls.shape
         tc = self.test_cfg
         scores = cls.sigmoid()
+        if quality is not None:
+            scores = scores * quality.sigmoid()
         max_scores = scores.amax(-1)
         idx, start = [], 0
         for h, w in sizes:
@@ -168,7 +285,7 @@ class GFL(nn.Module):
         idx = torch.cat(idx, 1)  # [B, K]
         sel_scores = scores.gather(1, idx[..., None].expand(-1, -1, c))
         sel_reg = reg.gather(1, idx[..., None].expand(-1, -1, reg.shape[-1]))
-        dist = self.integral(sel_reg) * strides[idx][..., None]
+        dist = self.decode(sel_reg) * strides[idx][..., None]
 
         if targets is None:
             img_hw = torch.tensor([list(pad_shape)] * b, device=cls.device)
@@ -189,7 +306,11 @@ class GFL(nn.Module):
         results = []
         for i in range(b):
             k = keep[kept_img == i][: tc["max_per_img"]]
-            results.append({"boxes": cand_boxes[k], "scores": cand_scores[k], "labels": ci[k]})
+            res = {"boxes": cand_boxes[k], "scores": cand_scores[k], "labels": ci[k]}
+            if self.head.box == "general":
+                n1 = self.head.reg_max + 1
+                res["dists"] = sel_reg[i, ki[k]].unflatten(-1, (4, n1)).softmax(-1)
+            results.append(res)
         return results
 
 
@@ -210,6 +331,7 @@ def pad_targets(targets: list[dict], device: torch.device) -> tuple[Tensor, Tens
 def build_model(cfg: dict) -> GFL:
     """Builds the detector from a config dict (see gfldet.config.DEFAULTS for the keys)."""
     m = cfg["model"]
+    check_model_options(cfg)  # before the backbone (and its weights) are built
     if m["num_classes"] is None:
         raise ValueError(
             "model.num_classes is not set: set it in the config, or build through the trainer, "
@@ -230,6 +352,8 @@ def build_model(cfg: dict) -> GFL:
         h["reg_max"],
         len(h["strides"]),
         h["prior_prob"],
+        h["quality"],
+        h["box"],
     )
     return GFL(
         backbone,
@@ -242,4 +366,5 @@ def build_model(cfg: dict) -> GFL:
         m["test"],
         cfg["data"]["mean"],
         cfg["data"]["std"],
+        h["bin_width"],
     )

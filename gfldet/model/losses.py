@@ -59,7 +59,9 @@ def quality_focal_loss(
 def distribution_focal_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
     """DFL = −((y_{i+1} − y)·log S_i + (y − y_i)·log S_{i+1}), y_i ≤ y < y_{i+1} = y_i + 1.
 
-    logits [N, n+1] over the bins 0..n; targets [N] float in [0, n). Returns [N] for "none".
+    logits [N, n+1] over the bins 0..n; targets [N] float in [0, n], in bin units (with bins
+    y_i = i·Δ, pass distance / Δ). An integer target puts all weight on its own bin; targets
+    are not clamped here (the detector clamps them to n − 0.1). Returns [N] for "none".
     """
     left = targets.long()
     right = left + 1

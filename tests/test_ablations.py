@@ -1,0 +1,387 @@
+"""The paper's ablations as config switches (docs/ablations.md).
+
+Every config under configs/ablations/ loads with the switches of its table row; every distinct
+architecture builds at full size (on the meta device); every distinct head/loss variant trains
+one step and predicts at a tiny size; the new pieces (separate quality branch, guided focal
+loss, Dirac and Gaussian boxes, bin width Δ) are checked against values computed by hand.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.ops import sigmoid_focal_loss
+
+from gfldet.config import CHOICES, DEFAULTS, load_config
+from gfldet.model.detector import GFL, build_model
+from gfldet.model.head import Integral
+
+ROOT = Path(__file__).resolve().parents[1]
+ABLATIONS = sorted((ROOT / "configs" / "ablations").glob("*.yaml"))
+RECIPE = ROOT / "configs" / "gfl_r50_fpn_1x_coco.yaml"
+SWITCHES = (
+    ("head", "quality"), ("head", "box"), ("head", "reg_max"), ("head", "bin_width"),
+    ("loss", "cls"), ("loss", "qfl_beta"), ("loss", "dfl_weight"),
+)  # fmt: skip
+GFL_SWITCHES = {"quality": "joint", "box": "general", "reg_max": 16, "bin_width": 1.0,
+                "cls": "qfl", "qfl_beta": 2.0, "dfl_weight": 0.25}  # fmt: skip
+ATSS = {"quality": "centerness", "box": "dirac", "cls": "focal"}
+
+# Each row of the paper's tables: its config, the paper's AP and its switches over GFL.
+EXPECTED = {
+    "t1a_quality_none": (38.0, {"quality": "none", "box": "dirac", "cls": "focal"}),
+    "t1a_quality_centerness": (39.2, ATSS),
+    "t1a_quality_iou": (39.6, {**ATSS, "quality": "iou"}),
+    "t1a_quality_centerness_guided": (38.2, {**ATSS, "quality": "centerness_guided"}),
+    "t1a_quality_iou_guided": (38.9, {**ATSS, "quality": "iou_guided"}),
+    "t1a_quality_joint_qfl": (39.9, {"box": "dirac"}),
+    "t1c_qfl_beta_0": (37.6, {"box": "dirac", "qfl_beta": 0.0}),
+    "t1c_qfl_beta_1": (39.0, {"box": "dirac", "qfl_beta": 1.0}),
+    "t1c_qfl_beta_2": (39.9, {"box": "dirac", "qfl_beta": 2.0}),
+    "t1c_qfl_beta_2.5": (39.7, {"box": "dirac", "qfl_beta": 2.5}),
+    "t1c_qfl_beta_4": (38.2, {"box": "dirac", "qfl_beta": 4.0}),
+    "t2a_box_dirac": (39.2, ATSS),
+    "t2a_box_gaussian": (39.3, {**ATSS, "box": "gaussian"}),
+    "t2a_box_general": (39.3, {**ATSS, "box": "general", "dfl_weight": 0.0}),
+    "t2a_box_general_dfl": (39.5, {**ATSS, "box": "general"}),
+    "t2b_reg_max_12": (40.1, {"reg_max": 12}),
+    "t2b_reg_max_14": (40.2, {"reg_max": 14}),
+    "t2b_reg_max_16": (40.2, {}),
+    "t2b_reg_max_18": (40.1, {"reg_max": 18}),
+    "t2c_bin_width_0.5": (40.2, {"bin_width": 0.5}),
+    "t2c_bin_width_1": (40.2, {}),
+    "t2c_bin_width_2": (39.9, {"bin_width": 2.0}),
+    "t2c_bin_width_4": (39.8, {"bin_width": 4.0}),
+    "t3_atss_baseline": (39.2, ATSS),
+    "t3_qfl": (39.9, {"box": "dirac"}),
+    "t3_dfl": (39.5, {**ATSS, "box": "general"}),
+    "t3_qfl_dfl": (40.2, {}),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def switches_of(cfg: dict) -> dict:
+    return {k: cfg["model"][s][k] for s, k in SWITCHES}
+
+
+def tiny_cfg(num_classes: int = 3, **switches) -> dict:
+    cfg = copy.deepcopy(DEFAULTS)
+    m = cfg["model"]
+    m["num_classes"] = num_classes
+    m["backbone"].update(depth=18, base_width=8, frozen_stages=-1, norm_eval=False)
+    m["fpn"]["out_channels"] = 16
+    m["head"].update(feat_channels=16, stacked_convs=1, num_groups=4)
+    m["test"]["score_thr"] = 0.001  # keep an untrained model's detections
+    for section, key in SWITCHES:
+        if key in switches:
+            m[section][key] = switches.pop(key)
+    assert not switches, switches
+    return cfg
+
+
+def two_images():
+    torch.manual_seed(1)
+    images = torch.randint(0, 256, (2, 3, 96, 128), dtype=torch.uint8)
+    targets = [
+        {"img_size": (96, 128), "boxes": torch.tensor([[10.0, 20, 60, 90], [70, 10, 125, 60]]),
+         "labels": torch.tensor([0, 2])},
+        {"img_size": (80, 100), "boxes": torch.tensor([[5.0, 5, 40, 30]]),
+         "labels": torch.tensor([1])},
+    ]  # fmt: skip
+    return images, targets
+
+
+# ---------------------------------------------------------------- the config files
+
+
+def test_one_config_per_row_of_the_papers_tables():
+    assert sorted(p.stem for p in ABLATIONS) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=[p.stem for p in ABLATIONS])
+def test_ablation_config_loads_with_its_rows_switches_only(path):
+    ap, switches = EXPECTED[path.stem]
+    cfg = load_config(path, ["model.num_classes=80"])
+    assert switches_of(cfg) == {**GFL_SWITCHES, **switches}
+    # Everything but the switches and the work_dir is the R-50 recipe.
+    recipe = load_config(RECIPE, ["model.num_classes=80"])
+    for section, key in SWITCHES:
+        recipe["model"][section][key] = cfg["model"][section][key]
+    assert cfg["work_dir"] == f"work_dirs/ablations/{path.stem}"
+    recipe["work_dir"] = cfg["work_dir"]
+    assert cfg == recipe
+    text = path.read_text()
+    assert "_base_: ../gfl_r50_fpn_1x_coco.yaml" in text
+    assert f"paper AP {ap}" in text
+
+
+def test_docs_map_every_row_to_its_config_and_ap():
+    doc = (ROOT / "docs" / "ablations.md").read_text()
+    table = {
+        m[1]: float(m[2])
+        for m in re.finditer(r"`configs/ablations/([\w.]+)\.yaml` \| ([\d.]+) \|", doc)
+    }
+    assert table == {name: ap for name, (ap, _) in EXPECTED.items()}
+    assert "gfldet train --config configs/ablations/" in doc
+    assert "scripts/ablate.py" in doc
+
+
+def architecture(cfg: dict) -> tuple:
+    h = cfg["model"]["head"]
+    n = h["reg_max"] if h["box"] == "general" else 0
+    return h["quality"] in ("centerness", "iou"), h["box"], n
+
+
+def test_every_architecture_builds_at_full_size_with_the_expected_parameter_count():
+    # GFL R-50 has 32,440,537 parameters; a variant differs only in the head's output convs:
+    # each 3x3 output channel over 256 channels costs 256*9 + 1 = 2305 parameters.
+    archs = {}
+    for path in ABLATIONS:
+        cfg = load_config(path, ["model.num_classes=80", "model.backbone.pretrained=null"])
+        archs.setdefault(architecture(cfg), cfg)
+    assert len(archs) >= 7
+    for (separate, box, n), cfg in archs.items():
+        with torch.device("meta"):
+            model = build_model(cfg)
+        reg = {"general": 4 * (n + 1), "dirac": 4, "gaussian": 8}[box]
+        expect = 32_440_537 + (reg - 68 + separate) * 2305
+        assert sum(p.numel() for p in model.parameters()) == expect, (separate, box, n)
+        assert (model.head.gfl_quality is not None) == separate
+
+
+# ---------------------------------------------------------------- every variant, one step
+
+
+def _variants() -> dict[str, dict]:
+    """The distinct code paths among the configs (β changes no path), plus VFL."""
+    out = {}
+    for path in ABLATIONS:
+        s = switches_of(load_config(path))
+        s.pop("qfl_beta")
+        if s["box"] != "general":
+            s.pop("reg_max"), s.pop("bin_width"), s.pop("dfl_weight")
+        key = "-".join(f"{v}" for v in s.values())
+        out.setdefault(key, s)
+    out["joint-general-vfl"] = {"quality": "joint", "box": "general", "cls": "vfl"}
+    return out
+
+
+VARIANTS = _variants()
+
+
+def test_variants_cover_every_switch_value():
+    values = {k: {v.get(k) for v in VARIANTS.values()} for k in ("quality", "box", "cls")}
+    assert values["quality"] == set(CHOICES["model.head.quality"])
+    assert values["box"] == set(CHOICES["model.head.box"])
+    assert values["cls"] - {None} == set(CHOICES["model.loss.cls"])
+    assert {v.get("dfl_weight") for v in VARIANTS.values()} >= {0.0, 0.25}
+    assert {v.get("bin_width") for v in VARIANTS.values()} >= {0.5, 1.0, 2.0, 4.0}
+
+
+@pytest.mark.parametrize("switches", VARIANTS.values(), ids=VARIANTS.keys())
+def test_variant_trains_one_step_and_predicts(switches):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(**switches)).train()
+    head, loss_cfg = model.head, model.loss_cfg
+    images, targets = two_images()
+    losses = model(images, targets)
+    cls_name = {"qfl": "loss_qfl", "focal": "loss_focal", "vfl": "loss_vfl"}[loss_cfg["cls"]]
+    expect = {cls_name, "loss_giou"}
+    if head.box == "general" and loss_cfg["dfl_weight"] > 0:
+        expect.add("loss_dfl")
+    if head.box == "gaussian":
+        expect.add("loss_nll")
+    if head.quality in ("centerness", "iou"):
+        expect.add("loss_quality")
+    assert set(losses) == expect
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    # Every output channel of the head gets a signal from the losses: the separate quality
+    # branch, the Gaussian's log-variances, every bin of the distributions.
+    assert (head.gfl_reg.weight.grad.abs().sum((1, 2, 3)) > 0).all()
+    assert (head.gfl_cls.weight.grad.abs().sum((1, 2, 3)) > 0).all()
+    if head.gfl_quality is not None:
+        assert head.gfl_quality.weight.grad.abs().sum() > 0
+
+    # A batch without any gt box: only negatives, every loss finite.
+    model.zero_grad()
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+    losses = model(images, [{"img_size": (96, 128), **empty}, {"img_size": (80, 100), **empty}])
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["loss_giou"].item() == 0.0
+    sum(losses.values()).backward()
+
+    results = model.predict(images, [{"img_size": (96, 128)}, {"img_size": (80, 100)}])
+    assert model.training
+    for res in results:
+        k = len(res["scores"])
+        assert k > 0 and res["boxes"].shape == (k, 4) and res["labels"].shape == (k,)
+        assert (res["scores"][:-1] >= res["scores"][1:]).all()
+        if head.box == "general":
+            assert res["dists"].shape == (k, 4, head.reg_max + 1)
+            torch.testing.assert_close(res["dists"].sum(-1), torch.ones(k, 4))
+        else:
+            assert "dists" not in res
+
+
+# ---------------------------------------------------------------- by hand
+
+
+def one_location(
+    model: GFL,
+    box_px: list[float],
+    cls_logits: list[float],
+    reg: list[float],
+    quality: float | None = None,
+):
+    """losses() of one location at (0, 0), stride 8, with one gt box: ATSS makes it positive
+    (a single candidate's IoU is its own threshold; the point lies inside the box)."""
+    cls = torch.tensor([[cls_logits]])
+    q = None if quality is None else torch.tensor([[[quality]]])
+    targets = [{"img_size": (64, 64), "boxes": torch.tensor([box_px]),
+                "labels": torch.tensor([0])}]  # fmt: skip
+    points, strides = torch.zeros(1, 2), torch.full((1,), 8.0)
+    return model.losses(cls, torch.tensor([[reg]]), points, strides, [(1, 1)], targets, q)
+
+
+def test_gaussian_nll_giou_and_focal_by_hand():
+    model = build_model(tiny_cfg(num_classes=2, quality="none", box="gaussian", cls="focal"))
+    # Target distances (l, t, r, b) = (1, 2, 3, 1) strides; predicted means (1, 2, 2, 1).
+    means = [1.0, 2.0, 2.0, 1.0]
+    log_var = [0.0, math.log(2.0), math.log(0.5), 0.0]
+    reg = [math.log(m) for m in means] + log_var
+    losses = one_location(model, [-8.0, -16, 24, 8], [0.0, 0.0], reg)
+    assert set(losses) == {"loss_focal", "loss_giou", "loss_nll"}
+    # σ = 0.5 at both classes, label 0: α(1−σ)^2·log 2 + (1−α)σ^2·log 2, over N_pos = 1.
+    torch.testing.assert_close(losses["loss_focal"], torch.tensor(0.25 * math.log(2)))
+    # weight w = max class score 0.5, normalised by max(Σw, 1) = 1.
+    # Boxes [-1, -2, 2, 1] and [-1, -2, 3, 1]: IoU 9/12, enclosing = union: 1 − GIoU = 0.25.
+    torch.testing.assert_close(losses["loss_giou"], torch.tensor(2.0 * 0.5 * 0.25))
+    # NLL per edge: ½(log σ² + (t − μ)²/σ²) = 0, ½ log 2, ½(−log 2 + 1/0.5), 0 -> sum 1.
+    torch.testing.assert_close(losses["loss_nll"], torch.tensor(0.25 * 0.5 * 1.0 / 4))
+
+
+def test_dfl_targets_and_integral_round_trip_with_bin_width():
+    n, bw = 16, 0.5  # bins 0, 0.5, ..., 8 strides
+    model = build_model(tiny_cfg(num_classes=1, bin_width=bw))
+    # Target distances 1.3, 2, 3, 10 strides = 2.6, 4, 6, 20 bins; 20 is clamped to n − 0.1.
+    bins = [(2, 0.4), (3, 0.6)], [(4, 1.0)], [(6, 1.0)], [(15, 0.1), (16, 0.9)]
+    logits = torch.full((4, n + 1), -80.0)
+    for e, mass in enumerate(bins):
+        for i, p in mass:
+            logits[e, i] = math.log(p)
+    decoded = model.decode(logits.flatten())
+    torch.testing.assert_close(decoded, torch.tensor([1.3, 2.0, 3.0, 7.95]))
+    assert model.integral.project[-1].item() == n * bw
+    losses = one_location(model, [-10.4, -16, 24, 80], [0.0], logits.flatten().tolist())
+    # DFL's optimum is these two-bin distributions: the loss is their entropy.
+    entropy = -(0.4 * math.log(0.4) + 0.6 * math.log(0.6) + 0.1 * math.log(0.1)
+                + 0.9 * math.log(0.9))  # fmt: skip
+    torch.testing.assert_close(losses["loss_dfl"], torch.tensor(0.25 * 0.5 * entropy / 4))
+
+
+def test_integral_bin_width_scales_the_expectation():
+    logits = torch.randn(5, 4 * 13)
+    torch.testing.assert_close(Integral(12, 2.5)(logits), Integral(12)(logits) * 2.5)
+
+
+def test_dirac_decoding_and_quality_branch_multiply_into_scores_by_hand():
+    model = build_model(tiny_cfg(num_classes=2, quality="iou", box="dirac", cls="focal"))
+    model.test_cfg.update(score_thr=0.1, nms_pre=1000)
+    probs = torch.tensor([[[0.9, 0.1], [0.6, 0.3]]])
+    cls = torch.log(probs / (1 - probs))
+    quality = torch.tensor([[[0.0], [math.log(0.25 / 0.75)]]])  # sigmoid 0.5 and 0.25
+    dist = torch.tensor([[1.0, 2.0, 3.0, 0.5], [1.0, 1.0, 1.0, 1.0]])  # strides
+    reg = dist.log()[None]
+    points = torch.tensor([[32.0, 32.0], [8.0, 56.0]])
+    strides = torch.tensor([8.0, 16.0])
+    (res,) = model.postprocess(cls, reg, points, strides, [(1, 1), (1, 1)], (64, 64), None,
+                               quality)  # fmt: skip
+    # scores: 0.9·0.5, 0.1·0.5, 0.6·0.25, 0.3·0.25 -> above 0.1: 0.45 and 0.15
+    torch.testing.assert_close(res["scores"], torch.tensor([0.45, 0.15]))
+    assert res["labels"].tolist() == [0, 0]
+    # box = point −/+ distance·stride, clipped to the 64 x 64 image
+    expect = torch.tensor([[24.0, 16.0, 56.0, 36.0], [0.0, 40.0, 24.0, 64.0]])
+    torch.testing.assert_close(res["boxes"], expect)
+    assert "dists" not in res
+
+
+def test_guided_focal_loss_reweights_positives_and_keeps_their_sum():
+    model = build_model(tiny_cfg(num_classes=2, quality="iou_guided", box="dirac", cls="focal"))
+    cls = torch.tensor([[[0.3, -1.0], [-2.0, 0.5], [0.1, 0.2]]], requires_grad=True)
+    labels = torch.tensor([[0, 1, 2]])  # two positives, one background
+    pos = torch.tensor([0, 1])
+    q = torch.tensor([0.8, 0.2])
+    name, loss = model.cls_loss(cls, labels, pos, q, q)
+    assert name == "loss_focal"
+    onehot = torch.tensor([[1.0, 0], [0, 1], [0, 0]])
+    fl = sigmoid_focal_loss(cls[0], onehot, 0.25, 2.0, "none")
+    f = fl.detach()[[0, 1], [0, 1]]
+    w = q * f.sum() / (q * f).sum()
+    torch.testing.assert_close(loss, fl.sum())  # the positives' total is unchanged
+    (grad,) = torch.autograd.grad(loss, cls)
+    weights = torch.ones(3, 2)
+    weights[0, 0], weights[1, 1] = w[0], w[1]
+    (expect,) = torch.autograd.grad((fl * weights).sum(), cls)
+    torch.testing.assert_close(grad, expect)
+    assert w[0] > 1 > w[1]  # the better-localised positive weighs more
+
+
+# ---------------------------------------------------------------- scripts/ablate.py
+
+
+def test_ablate_script_tiny_budget(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("ablate", ROOT / "scripts" / "ablate.py")
+    ablate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablate)
+    assert ablate.switches(ROOT / "configs" / "ablations" / "t3_atss_baseline.yaml") == [
+        'model.head.quality="centerness"',
+        'model.head.box="dirac"',
+        'model.loss.cls="focal"',
+    ]
+    sets = [
+        "data.train.img_scale=[96,96]", "data.val.img_scale=[96,96]", "data.train.batch_size=2",
+        "data.train.num_workers=0", "data.val.num_workers=0", "model.backbone.base_width=8",
+        "model.fpn.out_channels=16", "model.head.feat_channels=16", "model.head.stacked_convs=1",
+        "model.head.num_groups=4", "model.test.score_thr=0.001", "train.warmup_iters=2",
+    ]  # fmt: skip
+    out = tmp_path / "ablate.json"
+    argv = ["t3_qfl_dfl", "t3_atss_baseline", "--data", str(tmp_path / "gen"), "--num-train",
+            "8", "--num-val", "4", "--img-size", "96", "--max-iters", "2", "--work-dir",
+            str(tmp_path / "work"), "--out", str(out), "--set", *sets]  # fmt: skip
+    assert ablate.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert [r["variant"] for r in result["results"]] == ["t3_qfl_dfl", "t3_atss_baseline"]
+    assert result["max_iters"] == 2 and result["seed"] == 0
+    for r in result["results"]:
+        assert set(r["metrics"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+        assert r["metrics"]["AP"] is not None and 0.0 <= r["metrics"]["AP"] <= 1.0
+        log = (Path(r["work_dir"]) / "log.jsonl").read_text().splitlines()
+        evals = [json.loads(line) for line in log if '"val"' in line]
+        assert [e["iter"] for e in evals] == [2]  # the budget, then one evaluation
+    first = [
+        json.loads(line)
+        for line in (tmp_path / "work" / "t3_atss_baseline" / "log.jsonl").read_text().splitlines()
+    ][0]
+    assert {"loss_focal", "loss_quality", "loss_giou"} <= set(first)
+    printed = capsys.readouterr().out
+    assert "t3_atss_baseline" in printed and "AP50" in printed
+    with pytest.raises(SystemExit, match="unknown variant"):
+        ablate.main(["no_such_row", "--data", str(tmp_path / "gen"), "--num-train", "8",
+                     "--num-val", "4", "--img-size", "96"])  # fmt: skip

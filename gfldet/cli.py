@@ -1,4 +1,4 @@
-"""Command line: `gfldet train | eval | infer | data synth`."""
+"""Command line: `gfldet train | eval | infer | export | convert-mmdet | curves | data synth`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
+
+ARCH_KEYS = ("backbone", "fpn", "head")  # the parts of a converted checkpoint's meta to print
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -60,7 +62,8 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     )  # fmt: skip
     metrics = evaluate(model, loader, device, out_dir)
     if rank() == 0:
-        print(f"{format_metrics(metrics)}\nwrote {out_dir / 'metrics.json'}")
+        print(f"{format_metrics(metrics)}\nwrote {out_dir / 'metrics.json'}, per_class.csv, "
+              "calibration.png and pr_curves_*.png")  # fmt: skip
     return 0
 
 
@@ -68,7 +71,9 @@ def _cmd_infer(a: argparse.Namespace) -> int:
     import cv2
 
     from .data.coco import load_image
+    from .data.transforms import rescale_size
     from .engine.predictor import Predictor
+    from .engine.uncertainty import LevelStrides, edge_uncertainty
     from .engine.visualize import (
         draw_detections,
         expand_inputs,
@@ -85,26 +90,106 @@ def _cmd_infer(a: argparse.Namespace) -> int:
     out_dir = Path(a.out_dir)
     _check_writable(out_dir)
     predictor = Predictor(cfg, a.checkpoint, cfg["device"])
+    model = predictor.model
+    if a.show_uncertainty and model.head.box != "general":
+        raise ValueError(
+            f"--show-uncertainty needs edge distributions (model.head.box: general); "
+            f"this model's box representation is {model.head.box!r}"
+        )
     records, used = [], set()
-    for path in files:
-        rgb = load_image(path)
-        det = predictor([rgb])[0]
-        records.append(
-            prediction_record(path, rgb.shape, det, predictor.cat_ids, predictor.class_names,
-                              a.score_thr)
-        )  # fmt: skip
-        drawn = draw_detections(
-            rgb[:, :, ::-1], det["boxes"], det["scores"], det["labels"],
-            predictor.class_names, a.score_thr,
-        )  # fmt: skip
-        name = path.stem
-        while name in used:  # same file name in two folders
-            name += "_"
-        used.add(name)
-        cv2.imwrite(str(out_dir / f"{name}.jpg"), drawn)
+    with LevelStrides(model) as levels:
+        for path in files:
+            rgb = load_image(path)
+            det = predictor([rgb])[0]
+            if "dists" in det:
+                strides = det["strides"] if "strides" in det else levels.of(det["dists"])
+                # Spreads in pixels of the original image, as the boxes.
+                scale = rescale_size(rgb.shape[1], rgb.shape[0], predictor.transform.img_scale)
+                det.update(edge_uncertainty(det["dists"], strides, model.bin_width, scale[2:]))
+            records.append(
+                prediction_record(path, rgb.shape, det, predictor.cat_ids,
+                                  predictor.class_names, a.score_thr)
+            )  # fmt: skip
+            drawn = draw_detections(
+                rgb[:, :, ::-1], det["boxes"], det["scores"], det["labels"],
+                predictor.class_names, a.score_thr,
+                edge_std=det.get("edge_std") if a.show_uncertainty else None,
+            )  # fmt: skip
+            name = path.stem
+            while name in used:  # same file name in two folders
+                name += "_"
+            used.add(name)
+            cv2.imwrite(str(out_dir / f"{name}.jpg"), drawn)
     write_predictions_json(records, out_dir / "predictions.json")
     n = sum(len(r["detections"]) for r in records)
     print(f"{len(files)} images, {n} detections (score >= {a.score_thr}) -> {out_dir}")
+    return 0
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    import torch
+
+    from .engine.predictor import load_trained_model
+    from .export import check_onnx, default_img_size, export_onnx
+
+    cfg = load_config(a.config, a.set)
+    model, _ = load_trained_model(cfg, a.checkpoint, torch.device("cpu"))
+    img_size = tuple(a.img_size) if a.img_size else default_img_size(cfg)
+    div = cfg["data"]["size_divisor"]
+    if any(v <= 0 or v % div for v in img_size):
+        raise ValueError(
+            f"--img-size {img_size[0]} {img_size[1]}: height and width must be positive "
+            f"multiples of data.size_divisor ({div}), the padding the model was trained with"
+        )
+    out = export_onnx(model, a.out, img_size, a.input_dtype, a.nms, a.opset)
+    kind = "boxes, scores, labels after NMS" if a.nms else "boxes [1, A, 4], scores [1, A, C]"
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): input images [1, 3, "
+          f"{img_size[0]}, {img_size[1]}] {a.input_dtype} RGB; outputs {kind}")  # fmt: skip
+    try:
+        diffs = check_onnx(out, model, img_size, a.nms, a.input_dtype)
+    except ImportError as e:
+        print(f"not checked: {e}")
+        return 0
+    print("onnxruntime vs PyTorch, max |difference|: "
+          + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))  # fmt: skip
+    return 0
+
+
+def _cmd_convert_mmdet(a: argparse.Namespace) -> int:
+    from .engine.checkpoint import load_model_weights, save_checkpoint
+    from .interop.mmdet import convert_mmdet
+
+    if a.set and not a.config:
+        raise ValueError("convert-mmdet: --set overrides a --config; give --config too")
+    _check_writable(Path(a.output).resolve().parent)
+    state = convert_mmdet(a.input, a.ann_file)
+    meta = state["meta"]
+    arch = ", ".join(f"{k} {v}" for k, v in meta.items() if k.split(".")[0] in ARCH_KEYS)
+    print(f"{a.input}: {len(state['model'])} tensors, {len(state['classes'])} classes "
+          f"({', '.join(state['classes'][:3])}, ...); {arch}, bin width {meta['bin_width']}")
+    if a.config:
+        from .engine.trainer import resolve_num_classes
+        from .model.detector import build_model
+
+        cfg = load_config(a.config, a.set)
+        cfg["model"]["backbone"]["pretrained"] = None  # every weight comes from the checkpoint
+        resolve_num_classes(cfg, state["classes"], a.input)
+        if cfg["model"]["head"]["bin_width"] != meta["bin_width"]:
+            raise ValueError(
+                f"{a.input} has bins of width {meta['bin_width']} but {a.config} sets "
+                f"model.head.bin_width {cfg['model']['head']['bin_width']}"
+            )
+        load_model_weights(build_model(cfg), state, a.output)  # strict: names and shapes
+        print(f"loads into {a.config} with no missing or unexpected keys")
+    save_checkpoint(state, a.output)
+    print(f"wrote {a.output}")
+    return 0
+
+
+def _cmd_curves(a: argparse.Namespace) -> int:
+    from .engine.curves import write_training_curves
+
+    print(f"wrote {write_training_curves(a.work_dir)}")
     return 0
 
 
@@ -139,7 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="COCO bbox evaluation of a checkpoint on the val set")
     _add_config_args(p)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out-dir", help="where metrics.json / detections.json go")
+    p.add_argument(
+        "--out-dir",
+        help="where metrics.json, detections.json, per_class.csv and the plots go "
+        "(default: the checkpoint's folder)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("infer", help="detect objects in images and draw them")
@@ -148,7 +237,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="*", help="image files, folders or glob patterns")
     p.add_argument("--out-dir", default="work_dirs/infer")
     p.add_argument("--score-thr", type=float, default=0.3)
+    p.add_argument(
+        "--show-uncertainty", action="store_true",
+        help="shade a band of +-std across each box edge (the spread of its edge distribution)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_infer)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX, with box decoding")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument(
+        "--img-size", type=int, nargs=2, metavar=("H", "W"),
+        help="fixed input size (default: the config's test scale, landscape, padded)",
+    )  # fmt: skip
+    p.add_argument(
+        "--input-dtype", choices=["uint8", "float32"], default="uint8",
+        help="input images: uint8 or float32 RGB pixel values 0..255 (normalised in the graph)",
+    )  # fmt: skip
+    p.add_argument(
+        "--nms", action="store_true",
+        help="include score threshold + class-wise NMS (outputs boxes [K, 4], scores [K], "
+        "labels [K]) instead of boxes [1, A, 4] + scores [1, A, C] for every location",
+    )  # fmt: skip
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 11 with --nms)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "convert-mmdet", help="convert an MMDetection v2 / official GFL checkpoint to gfldet's"
+    )
+    p.add_argument("input", help="MMDetection checkpoint (.pth), e.g. gfl_r50_fpn_1x_coco_*.pth")
+    p.add_argument("output", help="gfldet checkpoint to write")
+    p.add_argument(
+        "--ann-file",
+        help="COCO-format annotation file the model was trained with (needed unless its "
+        "classes are COCO's 80): matches its class order and category ids",
+    )  # fmt: skip
+    p.add_argument("--config", help="check that the result loads strictly into this config")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides for --config")  # fmt: skip
+    p.set_defaults(func=_cmd_convert_mmdet)
+
+    p = sub.add_parser("curves", help="plot WORK_DIR/log.jsonl into WORK_DIR/curves.png")
+    p.add_argument("work_dir")
+    p.set_defaults(func=_cmd_curves)
 
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_command", required=True)

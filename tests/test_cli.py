@@ -58,7 +58,11 @@ def test_train_eval_infer(tiny, capsys):
     assert set(metrics) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert all(v is None or 0.0 <= v <= 1.0 for k, v in metrics.items() if k.startswith("AP"))
     printed = capsys.readouterr().out
-    assert "Average Precision" in printed and "circle" in printed
+    assert "Average Precision" in printed and "circle" in printed and "Spearman" in printed
+    assert set(metrics["quality"]) >= {"pearson", "spearman", "num_matched", "reliability"}
+    assert set(metrics["per_class"]["circle"]) == {"AP", "AP50", "recall", "num_gt", "num_det"}
+    for name in ("per_class.csv", "calibration.png", "pr_curves_1.png"):
+        assert (out / name).is_file(), name
     dets = json.loads((out / "detections.json").read_text())
     val_ids = {im["id"] for im in json.loads(paths["val_ann"].read_text())["images"]}
     assert all(d["image_id"] in val_ids and d["category_id"] in {1, 2, 3, 5, 7, 9} for d in dets)
@@ -66,15 +70,20 @@ def test_train_eval_infer(tiny, capsys):
     infer_out = root / "infer"
     pattern = str(paths["val_img_dir"] / "*.jpg")
     assert main(["infer", "--config", DEMO, "--checkpoint", ckpt, pattern, "--out-dir",
-                 str(infer_out), "--score-thr", "0.0", "--set", *sets]) == 0
+                 str(infer_out), "--score-thr", "0.0", "--show-uncertainty", "--set", *sets]) == 0
     preds = json.loads((infer_out / "predictions.json").read_text())
     assert len(preds) == 4 and {p["width"] for p in preds} == {96}
+    assert sum(len(p["detections"]) for p in preds) > 0
     for p in preds:
         assert (infer_out / (Path(p["file"]).stem + ".jpg")).is_file()
         for d in p["detections"]:
             x1, y1, x2, y2 = d["bbox_xyxy"]
             assert 0 <= x1 <= x2 <= 96 and 0 <= y1 <= y2 <= 96
             assert d["category_name"] in state["classes"]
+            # Edge spreads: std in pixels, at most the spread of a uniform distribution over
+            # 17 bins (sqrt(24) bins) at the largest stride (128); top-2 mass >= 2/17.
+            assert len(d["edge_std"]) == 4 and all(0 <= v <= 4.9 * 128 for v in d["edge_std"])
+            assert all(2 / 17 - 1e-3 <= v <= 1 + 1e-3 for v in d["edge_top2"])
 
     # Resuming a finished run trains nothing more and keeps the iteration count.
     assert main(["train", "--config", DEMO, "--work-dir", str(work), "--resume", "--set",

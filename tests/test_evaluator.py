@@ -64,7 +64,7 @@ def test_perfect_detections(coco_gt, tmp_path, capsys):
     assert m["AP"] == pytest.approx(1.0, abs=1e-6)
     assert m["AP50"] == pytest.approx(1.0, abs=1e-6)
     assert m["per_class"]["cat"] == {"AP": pytest.approx(1.0), "AP50": pytest.approx(1.0),
-                                     "num_gt": 2}
+                                     "recall": pytest.approx(1.0), "num_gt": 2, "num_det": 2}
     assert m["per_class"]["dog"]["num_gt"] == 2
     assert math.isnan(m["per_class"]["bird"]["AP"]) and m["per_class"]["bird"]["num_gt"] == 0
     assert all(isinstance(m[k], float) for k in ("AP", "AP75", "AR100"))
@@ -95,8 +95,10 @@ def test_empty_results_give_zeros(coco_gt, tmp_path):
     with pytest.warns(UserWarning, match="no detections"):
         m = coco_evaluate(coco_gt, [], NAMES, CAT_IDS, tmp_path)
     assert m["AP"] == 0.0 and m["AR100"] == 0.0
-    assert m["per_class"]["cat"]["AP"] == 0.0
+    assert m["per_class"]["cat"]["AP"] == 0.0 and m["per_class"]["cat"]["recall"] == 0.0
+    assert m["quality"]["num_matched"] == 0 and math.isnan(m["quality"]["pearson"])
     assert json.loads((tmp_path / "detections.json").read_text()) == []
+    assert (tmp_path / "calibration.png").is_file() and not list(tmp_path.glob("pr_curves_*"))
 
 
 def test_img_ids_restrict_evaluation(coco_gt):
@@ -192,3 +194,59 @@ def test_prediction_record_json(tmp_path):
                                   "category_id": 9, "category_name": "dog"}]
     write_predictions_json([rec], tmp_path / "p.json")
     assert json.loads((tmp_path / "p.json").read_text())[0]["file"] == "x.jpg"
+
+
+def _xywh_shift(box: list[float], dx: float) -> list[float]:
+    return [box[0] + dx, box[1], box[2], box[3]]
+
+
+def test_quality_calibration_uses_coco_matching(coco_gt, tmp_path, capsys):
+    # IoU of a box shifted right by f * w with the original: (1 - f) / (1 + f).
+    cat_box, dog_box = GT[0][2], GT[2][2]
+    results = [
+        {"image_id": 1, "category_id": 2, "score": 0.9, "bbox": list(cat_box)},  # IoU 1
+        # A lower-scored duplicate of the same gt: unmatched (the gt is taken), not counted.
+        {"image_id": 1, "category_id": 2, "score": 0.8, "bbox": _xywh_shift(cat_box, 5.0)},
+        {"image_id": 2, "category_id": 9, "score": 0.6, "bbox": _xywh_shift(dog_box, 25.0)},
+        {"image_id": 3, "category_id": 2, "score": 0.3, "bbox": _xywh_shift(GT[3][2], 10.0)},
+        # A wrong class and a box far from any gt: no match.
+        {"image_id": 2, "category_id": 2, "score": 0.7, "bbox": list(dog_box)},
+        {"image_id": 1, "category_id": 9, "score": 0.5, "bbox": [0.0, 150.0, 20.0, 20.0]},
+    ]
+    m = coco_evaluate(coco_gt, results, NAMES, CAT_IDS, tmp_path)
+    q = m["quality"]
+    assert q["num_matched"] == 3
+    scores, ious = np.array([0.9, 0.6, 0.3]), np.array([1.0, 0.75 / 1.25, 30.0 / 50.0])
+    assert q["pearson"] == pytest.approx(np.corrcoef(scores, ious)[0, 1])
+    assert q["spearman"] == pytest.approx(np.corrcoef([2, 1, 0], [2, 0.5, 0.5])[0, 1])
+    assert "Pearson" in capsys.readouterr().out
+
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["quality"]["pearson"] == pytest.approx(q["pearson"])
+    assert m["per_class"]["cat"]["num_det"] == 4 and m["per_class"]["dog"]["num_det"] == 2
+    assert m["per_class"]["dog"]["recall"] == pytest.approx(0.5)  # 1 of 2 dogs at IoU 0.5
+    rows = (tmp_path / "per_class.csv").read_text().splitlines()
+    assert rows[0] == "class,AP,AP50,recall,num_gt,num_det"
+    assert rows[2] == "bird,,,,0,0" and rows[3].startswith("dog,") and rows[3].endswith(",2,2")
+    for name in ("calibration.png", "pr_curves_1.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pr_curves_one_file_per_group_of_ten(tmp_path):
+    from pycocotools.coco import COCO
+
+    from gfldet.engine import evaluator
+
+    cats = [{"id": i, "name": f"c{i}"} for i in range(1, 13)]
+    anns = [{"id": i, "image_id": 1, "category_id": i, "bbox": [5.0 * i, 5.0, 4.0, 4.0],
+             "area": 16.0, "iscrowd": 0} for i in range(1, 13)]  # fmt: skip
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps({"images": [{"id": 1, "width": 80, "height": 20}],
+                                "categories": cats, "annotations": anns}))  # fmt: skip
+    (tmp_path / "pr_curves_7.png").write_bytes(b"stale")
+    res = [{"image_id": 1, "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.5}
+           for a in anns]
+    evaluator.coco_evaluate(COCO(str(path)), res, [c["name"] for c in cats], list(range(1, 13)),
+                            tmp_path)  # fmt: skip
+    assert sorted(p.name for p in tmp_path.glob("pr_curves_*.png")) == [
+        "pr_curves_1.png", "pr_curves_2.png"]

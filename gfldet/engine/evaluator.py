@@ -9,8 +9,9 @@ import math
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 # Order of COCOeval.stats (the 12 standard summary lines).
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+PR_GROUP = 10  # classes per precision-recall plot
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -38,19 +40,30 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def write_json_atomic(obj: Any, path: str | Path, indent: int | None = None) -> None:
-    """Write JSON via a temp file in the same directory + os.replace, so readers (or a crash
-    mid-write) never see a truncated file."""
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Like open(path, mode) for writing, but through a temp file in the same folder that
+    replaces `path` only once the block completes: readers (or a crash mid-write) never see a
+    truncated file. The file gets the permissions a plain open() would give it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_json_safe(obj), f, indent=indent)
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+        umask = os.umask(0)  # mkstemp makes 0600 files; give 0666 & ~umask like open()
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(obj: Any, path: str | Path, indent: int | None = None) -> None:
+    """Write JSON atomically (see atomic_open); NaN/inf become null (strict JSON)."""
+    with atomic_open(path) as f:
+        json.dump(_json_safe(obj), f, indent=indent)
 
 
 def detections_to_coco(image_id: int, det: dict, cat_ids: list[int]) -> list[dict]:
@@ -121,16 +134,106 @@ def _count_gt(coco_gt: Any, cat_id: int, img_ids: list[int] | None) -> int:
     return sum(1 for a in coco_gt.loadAnns(ann_ids) if not a.get("iscrowd", 0))
 
 
+PER_CLASS_KEYS = ("AP", "AP50", "recall", "num_gt", "num_det")
+
+
 def _per_class_table(per_class: dict[str, dict]) -> str:
     width = max([len("class")] + [len(n) for n in per_class])
 
     def fmt(v: float) -> str:
         return "-" if math.isnan(v) else f"{v:.3f}"
 
-    lines = [f"{'class':<{width}}  {'AP':>6}  {'AP50':>6}  {'num_gt':>7}"]
+    lines = [f"{'class':<{width}}  {'AP':>6}  {'AP50':>6}  {'recall':>6}  {'num_gt':>7}  "
+             f"{'num_det':>7}"]  # fmt: skip
     for name, m in per_class.items():
-        lines.append(f"{name:<{width}}  {fmt(m['AP']):>6}  {fmt(m['AP50']):>6}  {m['num_gt']:>7}")
+        lines.append(
+            f"{name:<{width}}  {fmt(m['AP']):>6}  {fmt(m['AP50']):>6}  {fmt(m['recall']):>6}  "
+            f"{m['num_gt']:>7}  {m['num_det']:>7}"
+        )
     return "\n".join(lines)
+
+
+def write_per_class_csv(per_class: dict[str, dict], path: str | Path) -> None:
+    """per_class.csv: one row per class with the columns of PER_CLASS_KEYS (empty = undefined)."""
+    import csv
+
+    with atomic_open(path, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", *PER_CLASS_KEYS])
+        for name, m in per_class.items():
+            row = [m[k] for k in PER_CLASS_KEYS]
+            writer.writerow([name, *("" if isinstance(v, float) and math.isnan(v) else v
+                                     for v in row)])  # fmt: skip
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..N-1 of x [N], tied values sharing their mean rank (as Spearman's rho needs)."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(len(x))
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    return (np.bincount(inverse, weights=ranks) / counts)[inverse]
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")  # undefined without spread
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def matched_score_iou(ev: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Score and IoU of every detection that COCOeval matched to a gt at IoU >= 0.5.
+
+    Uses pycocotools' own matching (per image and class, detections by descending score, each
+    takes the best still-free gt; area "all", up to maxDets[-1] detections per image).
+    Detections matched to crowd regions are ignored, as COCOeval does. ev: an evaluated
+    COCOeval. Returns scores [M], ious [M].
+    """
+    t = int(np.argmin(np.abs(ev.params.iouThrs - 0.5)))
+    area_all = ev.params.areaRng[0]
+    scores: list[float] = []
+    ious: list[float] = []
+    for e in ev.evalImgs:
+        if e is None or e["aRng"] != area_all:
+            continue
+        matched = e["dtMatches"][t]
+        if not (matched > 0).any():
+            continue
+        key = (e["image_id"], e["category_id"])
+        # ev.ious[key]: [D, G], detections in the same score order as e, gts in _gts order.
+        column = {g["id"]: j for j, g in enumerate(ev._gts[key])}
+        for d, (gt_id, ignored) in enumerate(zip(matched, e["dtIgnore"][t])):
+            if gt_id > 0 and not ignored:
+                scores.append(e["dtScores"][d])
+                ious.append(ev.ious[key][d, column[int(gt_id)]])
+    return np.asarray(scores, dtype=np.float64), np.asarray(ious, dtype=np.float64)
+
+
+def quality_calibration(scores: np.ndarray, ious: np.ndarray, num_bins: int = 10) -> dict:
+    """How well scores predict localisation quality (the paper's Fig. 2(b)).
+
+    scores [M], ious [M] of matched detections. Returns {"pearson", "spearman" (NaN with fewer
+    than 2 pairs or no spread), "num_matched", "reliability": [{"score_lo", "score_hi",
+    "count", "mean_score", "mean_iou"}] per score bin of width 1/num_bins}.
+    """
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    which = np.clip(np.digitize(scores, edges[1:-1]), 0, num_bins - 1)
+    reliability = []
+    for b in range(num_bins):
+        sel = which == b
+        n = int(sel.sum())
+        reliability.append({
+            "score_lo": round(float(edges[b]), 4), "score_hi": round(float(edges[b + 1]), 4),
+            "count": n,
+            "mean_score": float(scores[sel].mean()) if n else float("nan"),
+            "mean_iou": float(ious[sel].mean()) if n else float("nan"),
+        })  # fmt: skip
+    return {
+        "pearson": _pearson(scores, ious),
+        "spearman": _pearson(_ranks(scores), _ranks(ious)) if len(scores) else float("nan"),
+        "num_matched": len(scores),
+        "reliability": reliability,
+    }
 
 
 def coco_evaluate(
@@ -140,13 +243,19 @@ def coco_evaluate(
     cat_ids: list[int],
     out_dir: str | Path | None,
     img_ids: list[int] | None = None,
+    plots: bool = True,
 ) -> dict:
     """Evaluate COCO bbox results with pycocotools and return a metrics dict.
 
     Keys: ``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl`` (floats in [0, 1];
-    NaN where undefined, e.g. no gt of that size) and ``per_class`` {name: {AP, AP50, num_gt}}
-    (AP NaN for classes without gt). Prints the standard summary and a per-class table; writes
-    ``detections.json`` and ``metrics.json`` to ``out_dir`` when given.
+    NaN where undefined, e.g. no gt of that size); ``per_class`` {name: {AP, AP50, recall,
+    num_gt, num_det}} (recall: share of the gts found at IoU >= 0.5 with up to 100 detections
+    per image; AP and recall NaN for classes without gt); ``quality`` {pearson, spearman,
+    num_matched, reliability} (see quality_calibration; NaN without matched detections).
+    Prints the standard summary and a per-class table. With ``out_dir``, writes
+    ``detections.json``, ``metrics.json``, ``per_class.csv`` and, with ``plots``,
+    ``calibration.png`` (reliability of scores) and ``pr_curves_<g>.png`` (precision-recall
+    per group of up to 10 classes).
     """
     from pycocotools.cocoeval import COCOeval
 
@@ -157,15 +266,23 @@ def coco_evaluate(
         write_json_atomic(results, Path(out_dir) / "detections.json")
 
     num_gt = {cid: _count_gt(coco_gt, cid, img_ids) for cid in cat_ids}
+    num_det = {cid: 0 for cid in cat_ids}
+    for r in results:
+        if r["category_id"] in num_det:
+            num_det[r["category_id"]] += 1
+    nan = float("nan")
+    pr_curves: dict[str, np.ndarray] = {}  # name -> precision [T, R] at area "all", 100 dets
+    rec_thrs = np.linspace(0.0, 1.0, 101)
     if not results:
         # COCO.loadRes([]) raises IndexError, but "no detections" is a legitimate score of zero.
         warnings.warn("coco_evaluate: no detections, reporting all-zero metrics", stacklevel=2)
         metrics: dict[str, Any] = {k: 0.0 for k in STAT_KEYS}
         metrics["per_class"] = {
-            name: {"AP": 0.0 if num_gt[cid] else float("nan"),
-                   "AP50": 0.0 if num_gt[cid] else float("nan"), "num_gt": num_gt[cid]}
+            name: {"AP": 0.0 if num_gt[cid] else nan, "AP50": 0.0 if num_gt[cid] else nan,
+                   "recall": 0.0 if num_gt[cid] else nan, "num_gt": num_gt[cid], "num_det": 0}
             for name, cid in zip(class_names, cat_ids, strict=True)
-        }
+        }  # fmt: skip
+        matched = (np.zeros(0), np.zeros(0))
     else:
         # loadRes adds area/id/segmentation keys in place: give it copies, keep ours clean.
         # Its chatter ("Loading and preparing results...", "DONE (t=..)") is just noise in logs.
@@ -179,20 +296,44 @@ def coco_evaluate(
         ev.summarize()
         metrics = {k: _stat(v) for k, v in zip(STAT_KEYS, ev.stats, strict=True)}
 
-        # precision: [iou thr T, recall R, category K, area A, maxDets M]; area 0 = "all",
-        # maxDets -1 = 100; iouThrs[0] == 0.5 gives AP50.
-        precision = ev.eval["precision"]
+        # precision: [iou thr T, recall R, category K, area A, maxDets M]; recall: [T, K, A, M];
+        # area 0 = "all", maxDets -1 = 100; iouThrs[0] == 0.5 gives AP50.
+        precision, recall = ev.eval["precision"], ev.eval["recall"]
+        rec_thrs = np.asarray(ev.params.recThrs)
         k_index = {cid: k for k, cid in enumerate(ev.params.catIds)}
         metrics["per_class"] = {}
         for name, cid in zip(class_names, cat_ids, strict=True):
-            p = precision[:, :, k_index[cid], 0, -1] if cid in k_index else np.full((1, 1), -1.0)
+            if cid in k_index:
+                p = precision[:, :, k_index[cid], 0, -1]
+                r = recall[0, k_index[cid], 0, -1]
+                pr_curves[name] = p
+            else:
+                p, r = np.full((1, 1), -1.0), -1.0
             metrics["per_class"][name] = {
-                "AP": _mean_valid(p), "AP50": _mean_valid(p[0]), "num_gt": num_gt[cid]
-            }
+                "AP": _mean_valid(p), "AP50": _mean_valid(p[0]), "recall": _stat(float(r)),
+                "num_gt": num_gt[cid], "num_det": num_det[cid],
+            }  # fmt: skip
+        matched = matched_score_iou(ev)
+    metrics["quality"] = quality_calibration(*matched)
 
     print(_per_class_table(metrics["per_class"]))
+    q = metrics["quality"]
+    print(f"score-IoU correlation of {q['num_matched']} matched detections: "
+          f"Pearson {q['pearson']:.3f}, Spearman {q['spearman']:.3f}")  # fmt: skip
     if out_dir is not None:
-        write_json_atomic(metrics, Path(out_dir) / "metrics.json", indent=2)
+        out_dir = Path(out_dir)
+        write_json_atomic(metrics, out_dir / "metrics.json", indent=2)
+        write_per_class_csv(metrics["per_class"], out_dir / "per_class.csv")
+        if plots:
+            from .visualize import plot_pr_curves, plot_reliability
+
+            plot_reliability(*matched, out_dir / "calibration.png")
+            for old in out_dir.glob("pr_curves_*.png"):  # a previous run's groups
+                old.unlink()
+            names = list(pr_curves)
+            for g in range(0, len(names), PR_GROUP):
+                group = {n: pr_curves[n] for n in names[g : g + PR_GROUP]}
+                plot_pr_curves(rec_thrs, group, out_dir / f"pr_curves_{g // PR_GROUP + 1}.png")
     return metrics
 
 

@@ -1,0 +1,91 @@
+"""Localisation uncertainty from GFL's edge distributions (the paper's Fig. 3).
+
+Each detection has, per edge (left, top, right, bottom), a discrete distribution over the bins
+y_i = i·Δ (i = 0..n) in units of its pyramid level's stride. A sharp distribution means a
+confidently placed edge; a flat or two-peaked one means an ambiguous edge (occlusion, blur,
+a shadow). Two summaries per edge:
+
+- edge_std: the standard deviation of the edge position, in pixels
+  (sqrt(Σ P_i y_i² − (Σ P_i y_i)²) · Δ · stride);
+- edge_top2: the probability mass of the two most likely bins, in [2/(n+1), 1]. DFL trains
+  the mass onto the two bins around the true edge, so a confident edge has edge_top2 near 1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def edge_uncertainty(
+    dists: Tensor, strides: Tensor, bin_width: float = 1.0, scale: Tensor | None = None
+) -> dict[str, Tensor]:
+    """Summarises edge distributions.
+
+    dists [K, 4, n+1]: softmax probabilities per edge (left, top, right, bottom) over the bins
+    i·bin_width, in strides; strides [K]: the stride of each detection's level, in network input
+    pixels; scale: optional (w_scale, h_scale) [2] of the resize from the original image to the
+    network input, to report pixels of the original image (left/right divided by w_scale,
+    top/bottom by h_scale).
+    Returns {"edge_std": [K, 4] pixels, "edge_top2": [K, 4]}.
+    """
+    if dists.dim() != 3 or dists.shape[1] != 4:
+        raise ValueError(f"dists must be [K, 4, n+1], got {list(dists.shape)}")
+    if strides.shape != dists.shape[:1]:
+        raise ValueError(f"strides must be [K] = [{dists.shape[0]}], got {list(strides.shape)}")
+    p = dists.float()
+    bins = torch.arange(p.shape[-1], dtype=p.dtype, device=p.device) * bin_width
+    mean = (p * bins).sum(-1)
+    var = ((p * bins.square()).sum(-1) - mean.square()).clamp(min=0)  # rounding can go < 0
+    std = var.sqrt() * strides.to(p)[:, None]
+    if scale is not None:
+        sx, sy = (float(v) for v in scale)
+        std = std / std.new_tensor([sx, sy, sx, sy])
+    top2 = p.topk(min(2, p.shape[-1]), dim=-1).values.sum(-1)
+    return {"edge_std": std, "edge_top2": top2}
+
+
+class LevelStrides:
+    """Finds the pyramid stride of each detection while detections do not carry it.
+
+    A forward hook on model.head keeps the last call's reg output and the stride of every
+    location; a detection's "dists" is the softmax of exactly one location's reg output, so the
+    nearest one gives its stride. Use as a context manager around the model calls:
+
+        with LevelStrides(model) as levels:
+            det = predictor([image])[0]
+            strides = levels.of(det["dists"])  # [K]
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.reg: Tensor | None = None
+        self.strides: Tensor | None = None
+        self._handle = model.head.register_forward_hook(self._hook)
+
+    def _hook(self, module: torch.nn.Module, inputs: tuple, output: tuple) -> None:
+        from ..model.box_ops import grid_points
+
+        feats = inputs[0]
+        sizes = [tuple(f.shape[-2:]) for f in feats]
+        self.reg = output[1].detach()
+        self.strides = grid_points(sizes, self.model.strides, self.reg.device)[1]
+
+    def of(self, dists: Tensor, image_index: int = 0) -> Tensor:
+        """dists [K, 4, n+1] of image `image_index` of the last batch -> strides [K]."""
+        if self.reg is None or self.strides is None:
+            raise RuntimeError("LevelStrides: the model has not been called yet")
+        if len(dists) == 0:
+            return self.strides.new_zeros(0)
+        probs = self.reg[image_index].unflatten(-1, dists.shape[1:]).softmax(-1)
+        gap = torch.cdist(dists.flatten(1).float().to(probs.device), probs.flatten(1).float())
+        return self.strides[gap.argmin(1)].cpu()
+
+    def close(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self) -> LevelStrides:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

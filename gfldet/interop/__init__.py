@@ -1,0 +1,1 @@
+"""Converters between gfldet checkpoints and other frameworks' formats."""

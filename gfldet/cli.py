@@ -73,7 +73,7 @@ def _cmd_infer(a: argparse.Namespace) -> int:
     from .data.coco import load_image
     from .data.transforms import rescale_size
     from .engine.predictor import Predictor
-    from .engine.uncertainty import LevelStrides, edge_uncertainty
+    from .engine.uncertainty import edge_uncertainty
     from .engine.visualize import (
         draw_detections,
         expand_inputs,
@@ -97,29 +97,29 @@ def _cmd_infer(a: argparse.Namespace) -> int:
             f"this model's box representation is {model.head.box!r}"
         )
     records, used = [], set()
-    with LevelStrides(model) as levels:
-        for path in files:
-            rgb = load_image(path)
-            det = predictor([rgb])[0]
-            if "dists" in det:
-                strides = det["strides"] if "strides" in det else levels.of(det["dists"])
-                # Spreads in pixels of the original image, as the boxes.
-                scale = rescale_size(rgb.shape[1], rgb.shape[0], predictor.transform.img_scale)
-                det.update(edge_uncertainty(det["dists"], strides, model.bin_width, scale[2:]))
-            records.append(
-                prediction_record(path, rgb.shape, det, predictor.cat_ids,
-                                  predictor.class_names, a.score_thr)
-            )  # fmt: skip
-            drawn = draw_detections(
-                rgb[:, :, ::-1], det["boxes"], det["scores"], det["labels"],
-                predictor.class_names, a.score_thr,
-                edge_std=det.get("edge_std") if a.show_uncertainty else None,
-            )  # fmt: skip
-            name = path.stem
-            while name in used:  # same file name in two folders
-                name += "_"
-            used.add(name)
-            cv2.imwrite(str(out_dir / f"{name}.jpg"), drawn)
+    for path in files:
+        rgb = load_image(path)
+        det = predictor([rgb])[0]
+        if "dists" in det:
+            # Spreads in pixels of the original image, as the boxes.
+            scale = rescale_size(rgb.shape[1], rgb.shape[0], predictor.transform.img_scale)
+            det.update(
+                edge_uncertainty(det["dists"], det["strides"], model.bin_width, scale[2:])
+            )
+        records.append(
+            prediction_record(path, rgb.shape, det, predictor.cat_ids,
+                              predictor.class_names, a.score_thr)
+        )  # fmt: skip
+        drawn = draw_detections(
+            rgb[:, :, ::-1], det["boxes"], det["scores"], det["labels"],
+            predictor.class_names, a.score_thr,
+            edge_std=det.get("edge_std") if a.show_uncertainty else None,
+        )  # fmt: skip
+        name = path.stem
+        while name in used:  # same file name in two folders
+            name += "_"
+        used.add(name)
+        cv2.imwrite(str(out_dir / f"{name}.jpg"), drawn)
     write_predictions_json(records, out_dir / "predictions.json")
     n = sum(len(r["detections"]) for r in records)
     print(f"{len(files)} images, {n} detections (score >= {a.score_thr}) -> {out_dir}")

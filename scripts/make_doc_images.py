@@ -30,7 +30,7 @@ from gfldet.data.coco import load_image
 from gfldet.data.transforms import rescale_size
 from gfldet.engine.curves import write_training_curves
 from gfldet.engine.predictor import Predictor
-from gfldet.engine.uncertainty import LevelStrides, edge_uncertainty
+from gfldet.engine.uncertainty import edge_uncertainty
 from gfldet.engine.visualize import draw_detections
 
 MAX_BYTES = 300 * 1024
@@ -60,21 +60,20 @@ def edge_figure(cfg: dict, checkpoint: Path, images: list[Path], out: Path,
     predictor = Predictor(cfg, checkpoint, "cpu")
     model = predictor.model
     best = None
-    with LevelStrides(model) as levels:
-        for path in images:
-            rgb = load_image(path)
-            det = predictor([rgb])[0]
-            keep = det["scores"] >= score_thr
-            if not keep.any():
-                continue
-            strides = levels.of(det["dists"])
-            scale = rescale_size(rgb.shape[1], rgb.shape[0], predictor.transform.img_scale)[2:]
-            unc = edge_uncertainty(det["dists"].cpu(), strides, model.bin_width, scale)
-            top2 = unc["edge_top2"]
-            contrast = (top2.amax(1) - top2.amin(1)).masked_fill(~keep, -1)
-            k = int(contrast.argmax())
-            if best is None or contrast[k] > best[0]:
-                best = (float(contrast[k]), rgb, det, k, unc, int(strides[k]))
+    for path in images:
+        rgb = load_image(path)
+        det = predictor([rgb])[0]
+        keep = det["scores"] >= score_thr
+        if not keep.any():
+            continue
+        strides = det["strides"]
+        scale = rescale_size(rgb.shape[1], rgb.shape[0], predictor.transform.img_scale)[2:]
+        unc = edge_uncertainty(det["dists"].cpu(), strides, model.bin_width, scale)
+        top2 = unc["edge_top2"]
+        contrast = (top2.amax(1) - top2.amin(1)).masked_fill(~keep, -1)
+        k = int(contrast.argmax())
+        if best is None or contrast[k] > best[0]:
+            best = (float(contrast[k]), rgb, det, k, unc, int(strides[k]))
     if best is None:
         print(f"no detection with score >= {score_thr}: skipped {out}")
         return

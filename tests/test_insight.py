@@ -12,7 +12,7 @@ import torch
 from gfldet.cli import main
 from gfldet.engine.curves import read_log, write_training_curves
 from gfldet.engine.evaluator import _ranks, quality_calibration
-from gfldet.engine.uncertainty import LevelStrides, edge_uncertainty
+from gfldet.engine.uncertainty import edge_uncertainty
 from gfldet.engine.visualize import draw_detections, draw_edge_bands, prediction_record
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -46,29 +46,6 @@ def test_edge_uncertainty_by_hand():
         edge_uncertainty(dists, torch.tensor([8.0, 16.0]))
     with pytest.raises(ValueError, match="dists"):
         edge_uncertainty(dists[0], torch.tensor([8.0]))
-
-
-class _Head(torch.nn.Module):
-    def __init__(self, reg: torch.Tensor) -> None:
-        super().__init__()
-        self.reg = reg
-
-    def forward(self, feats: list[torch.Tensor]) -> tuple:
-        return None, self.reg, None
-
-
-def test_level_strides_find_each_detections_level():
-    torch.manual_seed(0)
-    fake = torch.nn.Module()
-    fake.strides = [8, 16]  # a 2 x 4 level of stride 8 and a 1 x 2 level of stride 16
-    fake.head = _Head(torch.randn(1, 8 + 2, 4 * 5))
-    with LevelStrides(fake) as levels:
-        fake.head([torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 1, 2)])
-        picked = torch.tensor([9, 0, 7, 8])
-        dists = fake.head.reg[0, picked].unflatten(-1, (4, 5)).softmax(-1)
-        assert levels.of(dists).tolist() == [16, 8, 8, 16]
-        assert levels.of(dists[:0]).shape == (0,)
-    assert not fake.head._forward_hooks  # removed on exit
 
 
 def test_spearman_ranks_and_calibration():

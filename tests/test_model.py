@@ -482,10 +482,11 @@ def test_predict_results_are_well_formed():
     assert model.training and model.backbone.bn1.training  # train mode restored
     assert len(results) == 2
     for res, (h, w) in zip(results, [(192, 256), (50, 50)]):
-        assert set(res) == {"boxes", "scores", "labels", "dists"}
+        assert set(res) == {"boxes", "scores", "labels", "dists", "strides"}
         k = len(res["scores"])
         assert res["dists"].shape == (k, 4, 17)
         torch.testing.assert_close(res["dists"].sum(-1), torch.ones(k, 4))
+        assert res["strides"].shape == (k,) and set(res["strides"].tolist()) <= set(model.strides)
         assert 0 < k <= 30
         assert res["boxes"].shape == (k, 4) and res["labels"].shape == (k,)
         boxes = res["boxes"]
@@ -564,6 +565,7 @@ def test_postprocess_returns_the_kept_detections_edge_distributions():
     expect = reg[0, [0, 1]].unflatten(-1, (4, 17)).softmax(-1)
     torch.testing.assert_close(dists, expect)
     assert dists.argmax(-1).tolist() == [[2, 2, 2, 2], [1, 3, 5, 7]]
+    assert res["strides"].tolist() == strides[[0, 1]].tolist()
     # The expectation of each distribution, in pixels, gives back the box's edges (the box
     # itself is then clipped to the 64 x 64 image).
     edges = (dists @ torch.arange(17.0)) * 8

@@ -50,7 +50,8 @@ class GFL(nn.Module):
     Eval mode returns per image {"boxes" [K, 4] xyxy, "scores" [K], "labels" [K]},
     K <= test.max_per_img, and for box "general" also "dists" [K, 4, n+1]: the softmax
     distributions of the (left, top, right, bottom) edges of each kept detection over the bins
-    0, Δ, ..., nΔ (in strides of its level; gathered after NMS, so it costs nothing measurable).
+    0, Δ, ..., nΔ, in units of "strides" [K], the stride of each detection's pyramid level
+    (both gathered after NMS, so they cost nothing measurable).
 
     The switches (see docs/ablations.md):
     - Classification targets. A positive's quality is the IoU of its decoded (detached)
@@ -310,6 +311,7 @@ class GFL(nn.Module):
             if self.head.box == "general":
                 n1 = self.head.reg_max + 1
                 res["dists"] = sel_reg[i, ki[k]].unflatten(-1, (4, n1)).softmax(-1)
+                res["strides"] = strides[idx[i, ki[k]]]
             results.append(res)
         return results
 

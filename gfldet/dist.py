@@ -1,6 +1,13 @@
-"""torch.distributed helpers that also work in a single process."""
+"""torch.distributed helpers that also work in a single process.
+
+Under torchrun every process calls these; outside it (no process group) they reduce to the
+single-process answer, so callers need no `if distributed` branches.
+"""
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -18,8 +25,20 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def local_world_size() -> int:
+    """Processes on this node (torchrun's LOCAL_WORLD_SIZE; the world size otherwise)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
+
+
 def is_main() -> bool:
     return rank() == 0
+
+
+def init_distributed(device: torch.device) -> None:
+    """Joins the process group when launched by torchrun (WORLD_SIZE > 1): NCCL for CUDA
+    devices, gloo for the CPU. Rendezvous details come from torchrun's environment."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
 def reduce_mean(x: torch.Tensor) -> torch.Tensor:
@@ -29,3 +48,29 @@ def reduce_mean(x: torch.Tensor) -> torch.Tensor:
     x = x.clone()
     dist.all_reduce(x)
     return x / world_size()
+
+
+def reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum of a few numbers over all ranks (one all-reduce; no-op in one process).
+
+    `device` must be the rank's GPU under NCCL (NCCL reduces CUDA tensors only).
+    """
+    if not is_distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """[object of rank 0, object of rank 1, ...] on every rank ([obj] in one process)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

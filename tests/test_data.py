@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import cv2
@@ -12,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from gfldet.data.coco import CocoDetection
-from gfldet.data.loader import build_dataloader, build_dataset, eval_shard
+from gfldet.data.coco import BadImageError, CocoDetection
+from gfldet.data.loader import build_dataloader, build_dataset, eval_shard, worker_init_fn
 from gfldet.data.sampler import GroupedBatchSampler
 from gfldet.data.transforms import (
     TestTransform,
@@ -80,7 +84,9 @@ def coco_files(tmp_path: Path) -> tuple[Path, Path]:
     return _write_coco(tmp_path), tmp_path / "images"
 
 
-def _identity(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+def _identity(
+    image: np.ndarray, boxes: np.ndarray, rng=None
+) -> tuple[np.ndarray, np.ndarray, dict]:
     h, w = image.shape[:2]
     return image, boxes, {"img_size": (h, w), "scale_factor": (1.0, 1.0), "flipped": False}
 
@@ -262,10 +268,10 @@ def test_missing_and_corrupt_image(coco_files):
     ann_file, img_dir = coco_files
     ds = CocoDetection(ann_file, img_dir, _identity, train=False)
     (img_dir / "empty.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match="empty.jpg"):
+    with pytest.raises(BadImageError, match="not found.*empty.jpg"):
         ds[ds.img_ids.index(9)]
     (img_dir / "crowd.jpg").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="crowd.jpg"):
+    with pytest.raises(BadImageError, match="not a readable image.*crowd.jpg"):
         ds[ds.img_ids.index(10)]
 
 
@@ -317,3 +323,74 @@ def test_worker_augmentation_reproducible(coco_files):
         return [(t["image_id"], t["flipped"], t["img_size"]) for _, ts in loader for t in ts]
 
     assert augs(0) == augs(0) != augs(1)
+
+
+def test_sampler_resumes_mid_epoch_and_seeds_every_sample():
+    groups = np.array([0, 1, 1, 0, 1, 1, 0, 0, 1, 0, 1, 0])
+    for replicas in (1, 2):
+        for rank in range(replicas):
+            s = GroupedBatchSampler(groups, 2, seed=5, num_replicas=replicas, rank=rank,
+                                    with_seeds=True)  # fmt: skip
+            s.set_epoch(3)
+            full = list(s)
+            assert all(isinstance(i, int) and isinstance(seed, int) for b in full for i, seed in b)
+            s.set_epoch(3, start=2)  # continue after two batches: the same batches and seeds
+            assert len(s) == len(full) - 2 and list(s) == full[2:]
+            plain = GroupedBatchSampler(groups, 2, seed=5, num_replicas=replicas, rank=rank)
+            plain.set_epoch(3)
+            assert [[i for i, _ in b] for b in full] == list(plain)
+    both = [GroupedBatchSampler(groups, 2, seed=5, num_replicas=2, rank=r, with_seeds=True)
+            for r in (0, 1)]  # fmt: skip
+    seeds = [seed for s in both for b in s for _, seed in b]
+    assert len(set(seeds)) == len(seeds)  # every sample of the epoch has its own
+    s = both[0]
+    s.set_epoch(4)
+    assert not {seed for b in s for _, seed in b} & set(seeds)  # and every epoch
+    with pytest.raises(ValueError, match="start"):
+        s.set_epoch(0, start=len(s) + 1)
+
+
+def test_augmentation_does_not_depend_on_workers(coco_files):
+    ann_file, img_dir = coco_files
+    cfg = {"ann_file": ann_file, "img_dir": img_dir, "img_scale": [96, 64], "flip_prob": 0.5,
+           "ms_short_range": [40, 64]}  # fmt: skip
+    ds = build_dataset(cfg, train=True)
+
+    def augs(workers: int, start: int = 0) -> list:
+        loader = build_dataloader(ds, 1, workers, train=True, seed=3)
+        loader.batch_sampler.set_epoch(2, start)
+        return [(t["image_id"], t["flipped"], t["img_size"]) for _, ts in loader for t in ts]
+
+    in_main = augs(0)
+    assert in_main == augs(2) and augs(0, start=1) == in_main[1:]
+    assert len({a[1:] for a in in_main}) > 1  # augmentation does vary
+
+
+class _WorkerInfo(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> tuple[int, bool]:
+        return os.getpid(), signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_workers_leave_signals_to_the_training_process():
+    # Ctrl-C, torchrun and schedulers signal the whole process group; a worker killed by it
+    # would crash the training process before it could save (see worker_init_fn). A SIGTERM
+    # from the parent (terminate() at exit) must still end the worker, or exit would hang.
+    loader = torch.utils.data.DataLoader(
+        _WorkerInfo(), num_workers=1, worker_init_fn=worker_init_fn, collate_fn=list
+    )
+    it = iter(loader)
+    [(pid, ignores_sigint)] = next(it)
+    assert ignores_sigint
+    subprocess.run(["kill", "-TERM", str(pid)], check=True)  # from another process
+    subprocess.run(["kill", "-INT", str(pid)], check=True)
+    time.sleep(0.3)
+    assert os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None  # alive
+    os.kill(pid, signal.SIGTERM)  # from the parent
+    deadline = time.time() + 10
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        assert time.time() < deadline, "the worker ignored its parent's SIGTERM"
+        time.sleep(0.05)
+    del it

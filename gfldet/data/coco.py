@@ -1,9 +1,14 @@
 """COCO-format detection dataset.
 
-Annotations are parsed once into per-image numpy arrays (xyxy boxes, contiguous labels) so that
-`__getitem__` only reads and transforms the image. Box filtering follows MMDetection v2's
-`CocoDataset._parse_ann_info`; crowd boxes are dropped rather than kept as "ignore" boxes
-because the GFL head does not use them.
+Annotations are checked and parsed once into per-image numpy arrays (xyxy boxes, contiguous
+labels) so that `__getitem__` only reads and transforms the image. Box filtering follows
+MMDetection v2's `CocoDataset._parse_ann_info`; crowd boxes are dropped rather than kept as
+"ignore" boxes because the GFL head does not use them.
+
+Bad input is an error naming the file, key and value, except where `skip_bad=True`
+(`data.skip_bad_images`) turns it into a skip with a warning: unreadable image files (skipped
+when loaded) and annotations with a NaN / infinite / negative-size box (left out of the index).
+Structural faults of the annotation file (not JSON, missing keys, unknown ids) are always errors.
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
+import math
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,23 +27,66 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-# transform(image [H, W, 3] uint8 RGB, boxes [N, 4] float32 xyxy)
+log = logging.getLogger("gfldet")
+
+# transform(image [H, W, 3] uint8 RGB, boxes [N, 4] float32 xyxy, rng random.Random | None)
 #   -> (image [H', W', 3] uint8, boxes [N, 4] float32, info {"img_size", "scale_factor", "flipped"})
-Transform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, dict]]
+Transform = Callable[
+    [np.ndarray, np.ndarray, random.Random | None], tuple[np.ndarray, np.ndarray, dict]
+]
+
+# Largest image (width * height) we decode: OpenCV's own default limit
+# (OPENCV_IO_MAX_IMAGE_PIXELS). Over it, cv2 returns nothing; we say why instead.
+MAX_IMAGE_PIXELS = 1 << 30
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be used: missing, empty, truncated, not an image, too large,
+    or not the size that the annotation file gives."""
+
+    def __init__(self, message: str) -> None:
+        # A DataLoader worker's exception is re-raised in the main process as
+        # type(e)("Caught ... Original Traceback ...\n...BadImageError: <message>\n"); keep the
+        # original one-line message so the command line can print it as it is.
+        marker = f"{type(self).__name__}: "
+        if message.startswith("Caught ") and marker in message:
+            message = message.rstrip().rsplit(marker, 1)[1]
+        super().__init__(message)
+
+
+def _jpeg_truncated(data: bytes) -> bool:
+    """True for a JPEG cut short: no end-of-image marker (FFD9) after its last scan (FFDA).
+
+    OpenCV decodes such a file without error (the missing rows come out grey; libjpeg only
+    prints a warning), so it has to be checked here. Inside scan data 0xFF is always followed
+    by 0x00 or a restart marker, so neither marker can occur there by chance.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    sos = data.rfind(b"\xff\xda")
+    return sos < 0 or data.find(b"\xff\xd9", sos) < 0
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Reads an image as uint8 RGB `[H, W, 3]`.
+    """Reads an image as uint8 RGB `[H, W, 3]`; raises BadImageError naming the file.
 
     `IMREAD_COLOR` turns grayscale, RGBA and 16-bit files into 8-bit 3-channel BGR (and applies
     EXIF orientation), matching mmcv's default `color_type='color'`.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        raise BadImageError(f"image file not found: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise BadImageError(f"cannot read image file {path}: {e.strerror}") from None
+    if not data:
+        raise BadImageError(f"image file is empty: {path}")
+    if _jpeg_truncated(data):
+        raise BadImageError(f"truncated JPEG file (no end-of-image marker): {path}")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        raise ValueError(f"could not decode image file: {path}")
+        raise BadImageError(f"not a readable image (unknown format, corrupt or truncated): {path}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -43,15 +94,63 @@ def _read_coco_json(ann_file: Path) -> dict:
     if not ann_file.is_file():
         raise FileNotFoundError(f"annotation file not found: {ann_file}")
     try:
-        with open(ann_file) as f:
+        with open(ann_file, encoding="utf-8") as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{ann_file}: not a valid JSON file: {e}") from None
-    keys = data.keys() if isinstance(data, dict) else ()  # e.g. a top-level list: nothing found
-    missing = [k for k in ("images", "annotations", "categories") if k not in keys]
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{ann_file}: top level must be a JSON object with images, annotations and "
+            f"categories, got a {type(data).__name__}"
+        )
+    missing = [k for k in ("images", "annotations", "categories") if k not in data]
     if missing:
         raise ValueError(f"{ann_file}: missing required key(s) {missing}")
+    for k in ("images", "annotations", "categories"):
+        if not isinstance(data[k], list):
+            raise ValueError(f"{ann_file}: '{k}' must be a list, got {type(data[k]).__name__}")
     return data
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_images_and_categories(ann_file: Path, data: dict) -> None:
+    ids: set = set()
+    for i, im in enumerate(data["images"]):
+        if not isinstance(im, dict):
+            raise ValueError(f"{ann_file}: images[{i}] is not an object: {im!r}")
+        for key in ("id", "file_name", "width", "height"):
+            if key not in im:
+                raise ValueError(f"{ann_file}: images[{i}] (id {im.get('id')!r}) has no '{key}'")
+        w, h = im["width"], im["height"]
+        if not all(_is_number(v) and v >= 1 and float(v).is_integer() for v in (w, h)):
+            raise ValueError(
+                f"{ann_file}: image {im['id']!r} has an invalid size: width {w!r}, height {h!r}"
+            )
+        if im["id"] in ids:
+            raise ValueError(f"{ann_file}: image id {im['id']!r} appears more than once")
+        ids.add(im["id"])
+    cat_ids: set = set()
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+            raise ValueError(f"{ann_file}: categories[{i}] needs an 'id' and a 'name': {cat!r}")
+        if cat["id"] in cat_ids:
+            raise ValueError(f"{ann_file}: category id {cat['id']!r} appears more than once")
+        cat_ids.add(cat["id"])
+
+
+def _bbox_problem(ann: dict) -> str | None:
+    """Why an annotation's bbox is unusable (not 4 numbers, NaN / inf, negative size), or None."""
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(map(_is_number, bbox)):
+        return f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}"
+    if not all(math.isfinite(v) for v in bbox):
+        return f"bbox has a non-finite value: {bbox!r}"
+    if bbox[2] < 0 or bbox[3] < 0:
+        return f"bbox has a negative width or height: {bbox!r}"
+    return None
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -65,14 +164,60 @@ class CocoDetection(torch.utils.data.Dataset):
 
     With `train=True` images without any usable box are skipped; with `train=False` every image
     in the file is kept so evaluation sees the whole split.
+
+    skip_bad: an unreadable image makes `__getitem__` return None (with a warning) instead of
+    raising, and an annotation with an invalid box is left out (counted in `box_stats`).
+    `box_stats` also counts boxes clipped to the image and boxes dropped as unusable.
     """
 
     def __init__(
-        self, ann_file: str | Path, img_dir: str | Path, transform: Transform, train: bool
+        self,
+        ann_file: str | Path,
+        img_dir: str | Path,
+        transform: Transform,
+        train: bool,
+        skip_bad: bool = False,
     ) -> None:
         self.ann_file, self.img_dir = Path(ann_file), Path(img_dir)
-        self.transform, self.train = transform, train
+        self.transform, self.train, self.skip_bad = transform, train, skip_bad
         data = _read_coco_json(self.ann_file)
+        _check_images_and_categories(self.ann_file, data)
+        image_ids = {im["id"] for im in data["images"]}
+        cat_ids = {c["id"] for c in data["categories"]}
+
+        self.box_stats = {"clipped": 0, "dropped": 0, "invalid": 0}
+        anns = []
+        for i, ann in enumerate(data["annotations"]):
+            if not isinstance(ann, dict) or "id" not in ann:
+                raise ValueError(f"{self.ann_file}: annotations[{i}] has no 'id': {ann!r}")
+            if ann.get("image_id") not in image_ids:
+                raise ValueError(
+                    f"{self.ann_file}: annotation {ann['id']} references unknown "
+                    f"image_id {ann.get('image_id')!r}"
+                )
+            if ann.get("category_id") not in cat_ids:
+                raise ValueError(
+                    f"{self.ann_file}: annotation {ann['id']} references unknown "
+                    f"category_id {ann.get('category_id')!r}"
+                )
+            problem = _bbox_problem(ann)
+            if problem is not None:
+                if not skip_bad:
+                    raise ValueError(
+                        f"{self.ann_file}: annotation {ann['id']} (image {ann['image_id']}): "
+                        f"{problem} (data.skip_bad_images: true leaves such boxes out)"
+                    )
+                if self.box_stats["invalid"] == 0:
+                    log.warning("%s: left out annotation %s: %s", self.ann_file, ann["id"], problem)
+                self.box_stats["invalid"] += 1
+                continue
+            anns.append(ann)
+        if self.box_stats["invalid"]:
+            log.warning(
+                "%s: left out %d annotation(s) with an invalid box (data.skip_bad_images)",
+                self.ann_file, self.box_stats["invalid"],
+            )  # fmt: skip
+        data = {**data, "annotations": anns}  # the evaluator's ground truth is this index too
 
         self.coco = COCO()
         self.coco.dataset = data
@@ -84,18 +229,6 @@ class CocoDetection(torch.utils.data.Dataset):
         self.cat_id_to_label: dict[int, int] = {c: i for i, c in enumerate(self.cat_ids)}
         self.num_classes = len(self.cat_ids)
 
-        for ann in data["annotations"]:
-            if ann.get("image_id") not in self.coco.imgs:
-                raise ValueError(
-                    f"{self.ann_file}: annotation {ann.get('id')} references unknown "
-                    f"image_id {ann.get('image_id')}"
-                )
-            if ann.get("category_id") not in self.cat_id_to_label:
-                raise ValueError(
-                    f"{self.ann_file}: annotation {ann.get('id')} references unknown "
-                    f"category_id {ann.get('category_id')}"
-                )
-
         self._targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.img_ids: list[int] = []
         for img_id in sorted(self.coco.imgs):  # sorted: a stable order whatever the file order
@@ -104,6 +237,17 @@ class CocoDetection(torch.utils.data.Dataset):
                 continue
             self._targets[img_id] = (boxes, labels)
             self.img_ids.append(img_id)
+        s = self.box_stats
+        if s["clipped"] or s["dropped"]:
+            log.info(
+                "%s: %d box(es) clipped to their image; %d dropped (no overlap with the image, "
+                "a side under 1 pixel, or area <= 0)", self.ann_file, s["clipped"], s["dropped"],
+            )  # fmt: skip
+        if train and not self.img_ids:
+            raise ValueError(
+                f"{self.ann_file}: no image has a usable box ({len(data['images'])} images, "
+                f"{len(anns)} annotations, {s['dropped']} boxes dropped as unusable)"
+            )
 
     def _parse_anns(self, img_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Usable boxes of one image: float32 `[N, 4]` xyxy clipped to the image, int64 `[N]`."""
@@ -113,17 +257,19 @@ class CocoDetection(torch.utils.data.Dataset):
         for ann in self.coco.imgToAnns[img_id]:
             if ann.get("iscrowd", 0):
                 continue
-            bbox = ann.get("bbox")
-            if bbox is None or len(bbox) != 4:
-                raise ValueError(f"{self.ann_file}: annotation {ann.get('id')} has no valid bbox")
-            x, y, w, h = bbox
+            x, y, w, h = ann["bbox"]
             # Same rules as MMDetection v2: no overlap with the image, empty area or a side
             # below one pixel means the box is not a usable target.
             inter_w = max(0.0, min(x + w, img_w) - max(x, 0.0))
             inter_h = max(0.0, min(y + h, img_h) - max(y, 0.0))
-            if inter_w * inter_h == 0 or ann.get("area", 1) <= 0 or w < 1 or h < 1:
+            area = ann.get("area", 1)
+            if inter_w * inter_h == 0 or not (_is_number(area) and area > 0) or w < 1 or h < 1:
+                self.box_stats["dropped"] += 1
                 continue
-            boxes.append([max(x, 0.0), max(y, 0.0), min(x + w, img_w), min(y + h, img_h)])
+            box = [max(x, 0.0), max(y, 0.0), min(x + w, img_w), min(y + h, img_h)]
+            if box != [x, y, x + w, y + h]:
+                self.box_stats["clipped"] += 1
+            boxes.append(box)
             labels.append(self.cat_id_to_label[ann["category_id"]])
         return (
             np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
@@ -143,13 +289,45 @@ class CocoDetection(torch.utils.data.Dataset):
             [imgs[i]["width"] / imgs[i]["height"] > 1 for i in self.img_ids], dtype=np.uint8
         )
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+    def read_image(self, img_id: int) -> np.ndarray:
+        """The image of `img_id` as uint8 RGB `[H, W, 3]`, checked against the annotation file's
+        width and height (boxes are in those pixels); raises BadImageError."""
+        info = self.coco.imgs[img_id]
+        path = self.img_dir / info["file_name"]
+        w, h = int(info["width"]), int(info["height"])
+        if w * h > MAX_IMAGE_PIXELS:
+            raise BadImageError(
+                f"image too large: {path} is {w}x{h} = {w * h} pixels, over the limit of "
+                f"{MAX_IMAGE_PIXELS}; downscale it (and its boxes) beforehand"
+            )
+        image = load_image(path)
+        if image.shape[:2] != (h, w):
+            raise BadImageError(
+                f"{path} is {image.shape[1]}x{image.shape[0]} (width x height) but "
+                f"{self.ann_file} says {w}x{h}, so its boxes would be misplaced (EXIF rotation? "
+                "fix the image or its width/height)"
+            )
+        return image
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict] | None:
+        """key: an index, or (index, augmentation seed) as `GroupedBatchSampler` yields them.
+
+        Returns None for an unreadable image when `skip_bad` is set (see `collate_batch`).
+        """
+        index, seed = key if isinstance(key, tuple) else (key, None)
         img_id = self.img_ids[index]
-        image = load_image(self.img_dir / self.coco.imgs[img_id]["file_name"])
+        try:
+            image = self.read_image(img_id)
+        except BadImageError as e:
+            if not self.skip_bad:
+                raise
+            log.warning("skipped an unreadable image (data.skip_bad_images): %s", e)
+            return None
         boxes, labels = self._targets[img_id]
         orig_size = image.shape[:2]
+        rng = random.Random(seed) if seed is not None else None
         # The transform gets a copy of the boxes: they are cached and must stay untouched.
-        image, boxes, info = self.transform(image, boxes.copy())
+        image, boxes, info = self.transform(image, boxes.copy(), rng)
         target = {
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)),
             "labels": torch.from_numpy(labels.copy()),

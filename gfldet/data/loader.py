@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import threading
 from functools import partial
 
 import cv2
@@ -15,17 +18,24 @@ from gfldet.data.sampler import GroupedBatchSampler
 from gfldet.data.transforms import TestTransform, TrainTransform, collate_batch
 
 
-def build_dataset(split_cfg: dict, train: bool) -> CocoDetection:
+def build_dataset(split_cfg: dict, train: bool, skip_bad: bool = False) -> CocoDetection:
     """Builds a CocoDetection from a `data.train` / `data.val` config section.
 
     Keys used: ann_file, img_dir, img_scale ([long, short]); for training also flip_prob and
     ms_short_range (null or [min, max]). Other keys (batch_size, ...) are ignored.
+    skip_bad: the config's `data.skip_bad_images` (see CocoDetection).
     """
     img_scale = tuple(split_cfg["img_scale"])
     if len(img_scale) != 2:
         raise ValueError(f"img_scale must be [long, short], got {split_cfg['img_scale']}")
     if train:
         ms = split_cfg.get("ms_short_range")
+        if ms is not None and (
+            len(ms) != 2 or not all(isinstance(v, int) and v > 0 for v in ms) or ms[0] > ms[1]
+        ):
+            raise ValueError(
+                f"data.train.ms_short_range must be [min, max] positive integers, got {ms}"
+            )
         transform = TrainTransform(
             img_scale=img_scale,
             flip_prob=split_cfg.get("flip_prob", 0.5),
@@ -33,21 +43,51 @@ def build_dataset(split_cfg: dict, train: bool) -> CocoDetection:
         )
     else:
         transform = TestTransform(img_scale=img_scale)
-    return CocoDetection(split_cfg["ann_file"], split_cfg["img_dir"], transform, train=train)
+    return CocoDetection(
+        split_cfg["ann_file"], split_cfg["img_dir"], transform, train=train, skip_bad=skip_bad
+    )
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """Per-worker setup: single-threaded OpenCV and python/numpy RNG seeded from torch.
+    """Per-worker setup: single-threaded OpenCV, signals left to the main process, python/numpy
+    RNG seeded.
 
-    OpenCV's own thread pool would oversubscribe the CPU with many workers. torch gives every
-    worker the seed `base_seed + worker_id`, where base_seed comes from the loader's generator;
-    reusing it for `random` / `numpy` (which the transforms use) makes flips and scales
-    reproducible for a given seed and worker count, and different across workers.
+    OpenCV's own thread pool would oversubscribe the CPU with many workers. Ctrl-C, torchrun and
+    batch schedulers signal the whole process group; a worker dying of it would crash the main
+    process (torch reports dead workers at once) before it could save. So workers ignore SIGINT
+    and any SIGTERM but their parent's (see `_obey_sigterm_from_parent_only`): the main process
+    finishes its step, saves a checkpoint and shuts them down. torch gives every worker the seed
+    `base_seed + worker_id`; reusing it for `random` / `numpy` covers transforms called without
+    their own `rng` (the training loader gives every sample one, see GroupedBatchSampler).
     """
     cv2.setNumThreads(0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _obey_sigterm_from_parent_only()
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+
+
+def _obey_sigterm_from_parent_only() -> None:
+    """In a worker: SIGTERM from the parent (the DataLoader's or multiprocessing's last-resort
+    `terminate()`, e.g. at exit) ends the worker; SIGTERM from anyone else is ignored.
+
+    Ignoring every SIGTERM would make such a `terminate()` + `join()` wait forever. SIGTERM is
+    blocked and a thread reads who sent it (sigwaitinfo). Where that is not available (macOS),
+    SIGTERM keeps its default action.
+    """
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    parent = os.getppid()
+    # Blocked before the thread starts: threads inherit the mask, so only sigwaitinfo gets it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass
+        os._exit(0)  # as torch's own worker handler does for its parent's SIGTERM
+
+    threading.Thread(target=wait, name="sigterm-from-parent", daemon=True).start()
 
 
 def eval_shard(num_items: int, num_replicas: int, rank: int) -> range:
@@ -74,7 +114,9 @@ def build_dataloader(
     """DataLoader yielding `(images uint8 [B, 3, Hp, Wp], list of target dicts)`.
 
     train: aspect-ratio grouped, shuffled batches (`GroupedBatchSampler`, sharded over
-        `num_replicas`); call `loader.batch_sampler.set_epoch(epoch)` before every epoch.
+        `num_replicas`, each sample with its own augmentation seed); call
+        `loader.batch_sampler.set_epoch(epoch)` before every epoch (or
+        `set_epoch(epoch, start)` to continue an epoch from its batch `start`).
     eval: sequential batches over this rank's contiguous shard (`eval_shard`), no padding.
     """
     if train:
@@ -85,6 +127,7 @@ def build_dataloader(
             seed=seed,
             num_replicas=num_replicas,
             rank=rank,
+            with_seeds=True,
         )
     else:
         batch_sampler = BatchSampler(

@@ -23,6 +23,12 @@ class GroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
     With `shuffle=False` nothing is shuffled: each group's indices stay in order and batches
     are emitted sorted by their first index.
 
+    `set_epoch(epoch, start)` with `start > 0` skips the epoch's first `start` batches, which is
+    how a run resumed mid-epoch continues exactly where it stopped. With `with_seeds=True` every
+    index comes as `(index, augmentation seed)`: the seed depends only on (seed, epoch, position
+    of the sample in the epoch), so random augmentation is the same whatever the number of
+    DataLoader workers and whether or not the run was resumed (see `CocoDetection.__getitem__`).
+
     group_ids: `[N]` integer group of each dataset item (e.g. `CocoDetection.group_ids()`).
     """
 
@@ -35,6 +41,7 @@ class GroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         drop_last: bool = False,
+        with_seeds: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -43,7 +50,8 @@ class GroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.group_ids = np.asarray(group_ids, dtype=np.int64).reshape(-1)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.num_replicas, self.rank, self.drop_last = num_replicas, rank, drop_last
-        self.epoch = 0
+        self.with_seeds = with_seeds
+        self.epoch, self.start = 0, 0
         self._groups = [np.flatnonzero(self.group_ids == g) for g in np.unique(self.group_ids)]
         self._num_batches = sum(self._group_len(len(g)) for g in self._groups) // (
             batch_size * num_replicas
@@ -54,11 +62,14 @@ class GroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         chunk = self.batch_size * self.num_replicas
         return size // chunk * chunk if self.drop_last else -(-size // chunk) * chunk
 
-    def set_epoch(self, epoch: int) -> None:
-        """Selects the shuffle of this epoch (all ranks must pass the same value)."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Selects the shuffle of this epoch (all ranks must pass the same values) and skips its
+        first `start` batches (0 <= start <= batches per rank)."""
+        if not 0 <= start <= self._num_batches:
+            raise ValueError(f"start must be in [0, {self._num_batches}], got {start}")
+        self.epoch, self.start = epoch, start
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         batches: list[np.ndarray] = []
         for idx in self._groups:
@@ -72,10 +83,25 @@ class GroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         else:
             batches.sort(key=lambda b: int(b[0]))
-        start = self.rank * self._num_batches
-        for b in batches[start : start + self._num_batches]:
-            yield b.tolist()
+        first = self.rank * self._num_batches  # this rank's block of batches
+        for b in range(first + self.start, first + self._num_batches):
+            if not self.with_seeds:
+                yield batches[b].tolist()
+                continue
+            pos = b * self.batch_size  # position of the batch's first sample in the epoch
+            yield [
+                (int(i), augmentation_seed(self.seed, self.epoch, pos + j))
+                for j, i in enumerate(batches[b])
+            ]
 
     def __len__(self) -> int:
-        """Batches per rank per epoch."""
-        return self._num_batches
+        """Batches per rank left in this epoch (all of them unless `set_epoch` got a start)."""
+        return self._num_batches - self.start
+
+
+def augmentation_seed(seed: int, epoch: int, position: int) -> int:
+    """Seed for the augmentation of the sample at `position` of `epoch` (all ranks together).
+
+    Distinct for distinct (epoch < 10**6, position < 10**9) under one seed.
+    """
+    return (seed * 1_000_003 + epoch) * 1_000_000_007 + position

@@ -3,10 +3,11 @@
 Transforms take and return numpy arrays: image uint8 `[H, W, 3]`, boxes float32 `[N, 4]` xyxy,
 and add an info dict `{"img_size": (h, w), "scale_factor": (w_scale, h_scale), "flipped": bool}`.
 
-Randomness uses Python's global `random` module. Each DataLoader worker reseeds it from torch's
-per-worker seed (see `loader.worker_init_fn`), so augmentation is reproducible for a given seed
-and number of workers; with `num_workers=0` the main process's `random` state is used, so the
-trainer should seed it.
+Random transforms take an optional `rng` (a `random.Random`). The training loader gives every
+sample its own, seeded from (seed, epoch, position in the epoch), so augmentation does not depend
+on worker processes and a resumed run draws exactly what the uninterrupted one would have. Without
+an `rng` the global `random` module is used (each DataLoader worker reseeds it, see
+`loader.worker_init_fn`).
 """
 
 from __future__ import annotations
@@ -77,12 +78,15 @@ class TrainTransform:
         self.flip_prob = flip_prob
         self.ms_short_range = tuple(ms_short_range) if ms_short_range is not None else None
 
-    def __call__(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    def __call__(
+        self, image: np.ndarray, boxes: np.ndarray, rng: random.Random | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict]:
+        rng = rng or random  # the module has the same methods as a Random instance
         scale = self.img_scale
         if self.ms_short_range is not None:
-            scale = (max(self.img_scale), random.randint(*self.ms_short_range))
+            scale = (max(self.img_scale), rng.randint(*self.ms_short_range))
         image, boxes, info = resize(image, boxes, scale)
-        info["flipped"] = random.random() < self.flip_prob
+        info["flipped"] = rng.random() < self.flip_prob
         if info["flipped"]:
             image, boxes = hflip(image, boxes)
         return image, boxes, info
@@ -96,14 +100,17 @@ class TestTransform:
     def __init__(self, img_scale: tuple[int, int] = (1333, 800)) -> None:
         self.img_scale = tuple(img_scale)
 
-    def __call__(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    def __call__(
+        self, image: np.ndarray, boxes: np.ndarray, rng: random.Random | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict]:
+        """`rng` is accepted for a uniform interface and unused: nothing here is random."""
         image, boxes, info = resize(image, boxes, self.img_scale)
         info["flipped"] = False
         return image, boxes, info
 
 
 def collate_batch(
-    samples: list[tuple[torch.Tensor, dict]], size_divisor: int = 32
+    samples: list[tuple[torch.Tensor, dict] | None], size_divisor: int = 32
 ) -> tuple[torch.Tensor, list[dict]]:
     """Stacks uint8 images `[3, H_i, W_i]` into `[B, 3, Hp, Wp]`, zero-padded bottom/right.
 
@@ -111,9 +118,16 @@ def collate_batch(
     divides evenly. Padding is 0 in *pixel* space; MMDetection pads after normalisation, so the
     model must zero the padded area again after normalising (each target's `img_size` gives the
     valid region). Returns (images, list of targets).
+
+    `None` samples (unreadable images skipped under `data.skip_bad_images`) are left out, so B
+    can be smaller than the number of samples; when all are `None` the result is
+    `(uint8 [0, 3, d, d], [])` and the caller skips the batch.
     """
-    images, targets = zip(*samples)
     d = max(int(size_divisor), 1)
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return torch.zeros((0, 3, d, d), dtype=torch.uint8), []
+    images, targets = zip(*samples)
     hp = -(-max(im.shape[1] for im in images) // d) * d
     wp = -(-max(im.shape[2] for im in images) // d) * d
     batch = images[0].new_zeros((len(images), 3, hp, wp))

@@ -1,13 +1,17 @@
-"""Checkpoints: atomic writes, safe loads (weights_only=True), clear errors."""
+"""Checkpoints: atomic writes, safe loads (weights_only=True), clear errors, RNG states."""
 
 from __future__ import annotations
 
 import os
 import pickle
+import random
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,6 +35,78 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def link_checkpoint(src: str | Path, dst: str | Path) -> None:
+    """Atomically makes `dst` hold the same bytes as `src` (e.g. latest.pth <- epoch_12.pth).
+
+    A hard link costs no disk space or time; where links are not supported it is a copy. Either
+    way a new name is built beside `dst` and renamed over it, so `dst` is never half-written.
+    Deleting `src` later leaves `dst` intact.
+    """
+    src, dst = Path(src), Path(dst)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def prune_checkpoints(folder: str | Path, keep_last: int) -> list[Path]:
+    """Deletes all but the `keep_last` newest epoch_N.pth files in `folder` (0 keeps all).
+
+    Only epoch_N.pth files are touched; latest.pth is never deleted. Returns the deleted paths.
+    """
+    if keep_last <= 0:
+        return []
+    numbered = []
+    for p in Path(folder).glob("epoch_*.pth"):
+        m = re.fullmatch(r"epoch_(\d+)\.pth", p.name)
+        if m:
+            numbered.append((int(m.group(1)), p))
+    old = [p for _, p in sorted(numbered)[:-keep_last]]
+    for p in old:
+        p.unlink(missing_ok=True)
+    return old
+
+
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's python, numpy, torch (and CUDA) RNG states, as plain types and tensors
+    that `torch.load(weights_only=True)` accepts."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": list(mt), "gauss": gauss},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restores what `rng_state` captured."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if device is not None and device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -59,9 +135,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_model_weights(model: nn.Module, state: dict[str, Any], path: str | Path) -> None:
-    """Strictly loads state["model"] into model; a mismatch names a few keys and shapes."""
-    weights = state["model"]
+def load_model_weights(
+    model: nn.Module, state: dict[str, Any], path: str | Path, key: str = "model"
+) -> None:
+    """Strictly loads state[key] ("model", or "ema" for the averaged weights) into model; a
+    mismatch names a few keys and shapes."""
+    weights = state[key]
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,18 @@ from ..model.detector import GFL, build_model
 from .checkpoint import load_checkpoint, load_model_weights
 from .trainer import resolve_device, resolve_num_classes
 
+log = logging.getLogger("gfldet")
 
-def load_trained_model(cfg: dict, checkpoint: str | Path, device: torch.device) -> tuple[GFL, dict]:
+
+def load_trained_model(
+    cfg: dict, checkpoint: str | Path, device: torch.device, use_ema: bool = True
+) -> tuple[GFL, dict]:
     """Builds the config's model and loads a checkpoint into it (eval mode).
 
     Returns (model, checkpoint state). model.num_classes is taken from the checkpoint's class
-    list when the config leaves it unset.
+    list when the config leaves it unset. A checkpoint of a run with train.ema holds the
+    averaged weights under "ema" beside the raw ones under "model"; they are used unless
+    `use_ema` is False (they are what the run evaluated).
     """
     state = load_checkpoint(checkpoint)
     cfg = copy.deepcopy(cfg)
@@ -32,7 +39,10 @@ def load_trained_model(cfg: dict, checkpoint: str | Path, device: torch.device) 
             raise ValueError(f"{checkpoint}: no class list and no head.gfl_cls.bias")
         cfg["model"]["num_classes"] = int(head_bias.shape[0])
     model = build_model(cfg)
-    load_model_weights(model, state, checkpoint)
+    key = "ema" if use_ema and "ema" in state else "model"
+    load_model_weights(model, state, checkpoint, key=key)
+    if key == "ema":
+        log.info("%s: using the EMA weights", checkpoint)
     return model.to(device).eval(), state
 
 
@@ -47,9 +57,11 @@ class Predictor:
     (0..C-1), `category_ids` [K] (the dataset's ids) and `names` (list of class names).
     """
 
-    def __init__(self, cfg: dict, checkpoint: str | Path, device: str = "auto") -> None:
+    def __init__(
+        self, cfg: dict, checkpoint: str | Path, device: str = "auto", use_ema: bool = True
+    ) -> None:
         self.device = resolve_device(device)
-        self.model, state = load_trained_model(cfg, checkpoint, self.device)
+        self.model, state = load_trained_model(cfg, checkpoint, self.device, use_ema)
         n = self.model.num_classes
         self.class_names: list[str] = list(state.get("classes") or [f"class_{i}" for i in range(n)])
         self.cat_ids: list[int] = [int(c) for c in state.get("cat_ids") or range(n)]

@@ -1,34 +1,69 @@
 """Training loop: SGD with linear warm-up and step decay, checkpoints, periodic COCO evaluation.
 
-Works in one process (CPU or one GPU) and under torchrun (one process per GPU, DDP).
+Works in one process (CPU or one GPU) and under torchrun (one process per GPU, DDP; gloo on the
+CPU). Options: mixed precision (train.amp), gradient clipping, an EMA of the weights, SyncBN.
+
+Nothing is lost on failure. Checkpoints are written atomically and hold everything needed to
+continue exactly: model, optimizer, GradScaler, EMA, epoch, iteration, the position in the epoch
+and every rank's RNG states (the learning rate is a function of epoch and iteration). SIGINT /
+SIGTERM finish the current step, save, and say how to resume; a NaN/inf loss stops training before
+it reaches the weights and leaves the last good checkpoint as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .. import dist as gdist
 from ..config import dump_config
 from ..data.loader import build_dataloader, build_dataset
+from ..dist import init_distributed
 from ..model.detector import GFL, build_model
-from .checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from .checkpoint import (
+    link_checkpoint,
+    load_checkpoint,
+    load_model_weights,
+    prune_checkpoints,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .evaluator import coco_evaluate, format_metrics, predict_dataset
 
+__all__ = [
+    "Trainer",
+    "TrainingInterrupted",
+    "evaluate",
+    "gather_detections",
+    "init_distributed",
+    "train",
+]
+
 log = logging.getLogger("gfldet")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised on every rank after SIGINT / SIGTERM, once the checkpoint is saved. The message
+    gives the command that resumes the run."""
 
 
 def setup_logging(work_dir: Path | None = None) -> None:
@@ -59,16 +94,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def init_distributed(device: torch.device) -> None:
-    """Joins the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not gdist.is_distributed():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def configure_determinism(enabled: bool) -> None:
+    """train.deterministic: deterministic kernels wherever torch has them. On the CPU training
+    is then bitwise reproducible (and resumable); on CUDA the few ops without a deterministic
+    kernel only warn."""
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
 
 
 def resolve_num_classes(cfg: dict, class_names: list[str], source: str) -> None:
@@ -77,9 +117,7 @@ def resolve_num_classes(cfg: dict, class_names: list[str], source: str) -> None:
     if n is None:
         cfg["model"]["num_classes"] = len(class_names)
     elif n != len(class_names):
-        raise ValueError(
-            f"model.num_classes is {n} but {source} has {len(class_names)} categories"
-        )
+        raise ValueError(f"model.num_classes is {n} but {source} has {len(class_names)} categories")
 
 
 def lr_at(cfg: dict, base_lr: float, epoch: int, it: int) -> float:
@@ -105,43 +143,98 @@ def unwrap(model: nn.Module) -> GFL:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def evaluate(model: GFL, loader, device: torch.device, out_dir: Path | None) -> dict:
-    """Predicts this rank's share of the val set; rank 0 gathers and runs COCO evaluation."""
+class _Recorded:
+    """Iterates a loader, recording the image ids it yields and leaving out empty batches
+    (all images unreadable and skipped)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader, self.ids = loader, []
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        for images, targets in self.loader:
+            if targets:
+                self.ids.extend(int(t["image_id"]) for t in targets)
+                yield images, targets
+
+
+def gather_detections(model: GFL, loader: Any, device: torch.device) -> tuple[list, list[int]]:
+    """Predicts this rank's share of the loader's images and gathers everything on rank 0.
+
+    Returns (COCO results, ids of the images predicted) on rank 0 and ([], []) on the others.
+    Each image's detections appear exactly once, however the loader shards (or pads) the set
+    over ranks; images skipped as unreadable (data.skip_bad_images) are not among the ids.
+    """
+    seen = _Recorded(loader)
+    cat_ids = loader.dataset.cat_ids
+    results = predict_dataset(model, seen, device, progress=gdist.is_main(), cat_ids=cat_ids)
+    parts = gdist.all_gather_object((seen.ids, results))
+    if not gdist.is_main():
+        return [], []
+    owner: dict[int, int] = {}  # image id -> the first rank that predicted it
+    for r, (ids, _) in enumerate(parts):
+        for i in ids:
+            owner.setdefault(i, r)
+    results = [d for r, (_, res) in enumerate(parts) for d in res if owner[d["image_id"]] == r]
+    return results, sorted(owner)
+
+
+def evaluate(
+    model: GFL, loader: Any, device: torch.device, out_dir: Path | None, plots: bool = True
+) -> dict:
+    """COCO evaluation of the loader's images, predicted in shards by all ranks (see
+    gather_detections). Returns the metrics on rank 0 and {} on the others; with `out_dir`,
+    rank 0 writes detections.json, metrics.json (and plots, see coco_evaluate)."""
     ds = loader.dataset
-    results = predict_dataset(model, loader, device, progress=gdist.is_main(), cat_ids=ds.cat_ids)
-    if gdist.is_distributed():
-        gathered: list[Any] = [None] * gdist.world_size()
-        dist.all_gather_object(gathered, results)
-        results = [r for part in gathered for r in part]
-    metrics: dict = {}
-    if gdist.is_main():
-        metrics = coco_evaluate(ds.coco, results, ds.class_names, ds.cat_ids, out_dir)
-    return metrics
+    results, ids = gather_detections(model, loader, device)
+    if not gdist.is_main():
+        return {}
+    img_ids = None
+    if len(ids) < len(ds.img_ids):
+        log.warning(
+            "evaluation: %d of %d images could not be read and are left out of the scoring",
+            len(ds.img_ids) - len(ids), len(ds.img_ids),
+        )  # fmt: skip
+        img_ids = ids
+    return coco_evaluate(ds.coco, results, ds.class_names, ds.cat_ids, out_dir, img_ids, plots)
 
 
 class Trainer:
-    """Builds data, model and optimizer from a config and runs the epochs."""
+    """Builds data, model and optimizer from a config and runs the epochs.
 
-    def __init__(self, cfg: dict, resume: bool | str = False) -> None:
+    resume: False, True (WORK_DIR/latest.pth) or a checkpoint path.
+    """
+
+    def __init__(self, cfg: dict, resume: bool | str | Path = False) -> None:
         self.cfg = cfg
+        t, d = cfg["train"], cfg["data"]
+        configure_determinism(t["deterministic"])
         self.device = resolve_device(cfg["device"])
         init_distributed(self.device)
         self.work_dir = Path(cfg["work_dir"])
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # e.g. a file in the way; one clear line, as the CLI's out dirs
+            raise PermissionError(f"cannot create work_dir {self.work_dir}: {e.strerror}") from None
+        if not os.access(self.work_dir, os.W_OK):
+            raise PermissionError(f"work_dir is not writable: {self.work_dir}")
         setup_logging(self.work_dir)
         seed_everything(cfg["seed"] + gdist.rank())
 
-        d = cfg["data"]
-        self.train_set = build_dataset(d["train"], train=True)
-        self.val_set = build_dataset(d["val"], train=False)
+        skip = d["skip_bad_images"]
+        self.train_set = build_dataset(d["train"], train=True, skip_bad=skip)
+        self.val_set = build_dataset(d["val"], train=False, skip_bad=skip)
         resolve_num_classes(cfg, self.train_set.class_names, d["train"]["ann_file"])
         if self.val_set.cat_ids != self.train_set.cat_ids:
             raise ValueError(
                 f"{d['val']['ann_file']}: categories differ from {d['train']['ann_file']}"
             )
         ws, rk = gdist.world_size(), gdist.rank()
+        self.batch_size = d["train"]["batch_size"]
         self.train_loader = build_dataloader(
-            self.train_set, d["train"]["batch_size"], d["train"]["num_workers"], True,
+            self.train_set, self.batch_size, d["train"]["num_workers"], True,
             cfg["seed"], ws, rk, d["size_divisor"],
         )  # fmt: skip
         self.val_loader = build_dataloader(
@@ -150,60 +243,243 @@ class Trainer:
         )  # fmt: skip
 
         # Rank 0 first: it fetches pretrained weights into the cache that the others then read.
-        if gdist.is_distributed() and not gdist.is_main():
-            dist.barrier()
-        model = build_model(cfg).to(self.device)
-        if gdist.is_distributed() and gdist.is_main():
-            dist.barrier()
+        if not gdist.is_main():
+            gdist.barrier()
+        model = build_model(cfg)
+        if gdist.is_main():
+            gdist.barrier()
+        model = self._maybe_sync_bn(model).to(self.device)
+        self.ema = None
+        if t["ema"]:
+            # The average is kept on every rank (each evaluates its shard with it); buffers are
+            # averaged too, so BatchNorm statistics follow the weights.
+            self.ema = AveragedModel(
+                model, multi_avg_fn=get_ema_multi_avg_fn(t["ema_decay"]), use_buffers=True
+            )
         self.model: nn.Module = model
         if gdist.is_distributed():
             self.model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        t = cfg["train"]
-        self.base_lr = t["lr"] * d["train"]["batch_size"] * ws / t["base_batch_size"]
+        self.base_lr = t["lr"] * self.batch_size * ws / t["base_batch_size"]
         self.optimizer = build_optimizer(model, t, self.base_lr)
-        self.epoch, self.iter = 0, 0
+        # fp16 needs loss scaling against underflow; the CPU's bf16 has float32's range.
+        self.amp = bool(t["amp"])
+        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp and self.device.type == "cuda"
+        )
+
+        self.epoch = 0  # completed epochs
+        self.iter = 0  # completed iterations, all epochs together
+        self.epoch_iter = 0  # batches of the current epoch already trained on
+        self.skipped_images = 0  # unreadable images skipped (data.skip_bad_images), all ranks
+        self.last_checkpoint: Path | None = None
+        self._signal: str | None = None
+        self._stopped = False
         if resume:
             self._resume(self.work_dir / "latest.pth" if resume is True else Path(resume))
         if gdist.is_main():
             dump_config(cfg, self.work_dir / "config.yaml")
         n_params = sum(p.numel() for p in model.parameters())
         log.info(
-            "model: %d classes, %.2fM parameters; %d train / %d val images; device %s x%d; lr %g",
-            model.num_classes, n_params / 1e6, len(self.train_set), len(self.val_set),
-            self.device, ws, self.base_lr,
+            "model: %d classes, %.2fM parameters; %d train / %d val images; device %s x%d; lr %g"
+            "%s%s", model.num_classes, n_params / 1e6, len(self.train_set), len(self.val_set),
+            self.device, ws, self.base_lr, f"; amp {str(self.amp_dtype)[6:]}" if self.amp else "",
+            f"; ema {t['ema_decay']}" if self.ema is not None else "",
         )  # fmt: skip
 
+    def _maybe_sync_bn(self, model: GFL) -> GFL:
+        """train.sync_bn: BatchNorm statistics over all ranks' images (CUDA only, as torch's)."""
+        if not self.cfg["train"]["sync_bn"]:
+            return model
+        if self.cfg["model"]["backbone"]["norm_eval"]:
+            log.warning(
+                "train.sync_bn has no effect while model.backbone.norm_eval is true "
+                "(BatchNorm statistics are frozen); set norm_eval: false to train them"
+            )
+            return model
+        if not gdist.is_distributed():
+            return model  # one process: SyncBN would be plain BN
+        if self.device.type != "cuda":
+            log.warning(
+                "train.sync_bn: torch's SyncBatchNorm needs CUDA; on the CPU every process "
+                "keeps its own BatchNorm statistics"
+            )
+            return model
+        log.info("train.sync_bn: BatchNorm synchronised over %d processes", gdist.world_size())
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
     # -- checkpoints --------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        return {
+    def state(self, rng: list[dict] | None = None) -> dict[str, Any]:
+        """Everything a checkpoint holds. rng: every rank's RNG states, indexed by rank."""
+        state = {
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "iter": self.iter,
+            "epoch_iter": self.epoch_iter,
+            # The lr schedule is lr_at(cfg, base_lr, epoch, iter); base_lr depends on these.
+            "base_lr": self.base_lr,
+            "world_size": gdist.world_size(),
+            "batch_size": self.batch_size,
+            "skipped_images": self.skipped_images,
             "config": self.cfg,
             "classes": list(self.train_set.class_names),
             "cat_ids": [int(c) for c in self.train_set.cat_ids],
-            "rng": {"torch": torch.get_rng_state()},
+            "rng": rng if rng is not None else [rng_state(self.device)],
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
+            state["ema_updates"] = int(self.ema.n_averaged)
+        return state
 
-    def save(self, name: str) -> None:
+    def save(self, epoch_file: str | None = None) -> None:
+        """Writes latest.pth (and `epoch_file`, e.g. "epoch_3.pth") on rank 0.
+
+        Every rank must call it: the RNG states of all ranks are gathered into the checkpoint.
+        """
+        rng = gdist.all_gather_object(rng_state(self.device))
+        latest = self.work_dir / "latest.pth"
+        self.last_checkpoint = latest  # named in error messages, on every rank
         if not gdist.is_main():
             return
-        state = self.state()
-        save_checkpoint(state, self.work_dir / name)
-        save_checkpoint(state, self.work_dir / "latest.pth")
+        state = self.state(rng)
+        if epoch_file:
+            save_checkpoint(state, self.work_dir / epoch_file)
+            link_checkpoint(self.work_dir / epoch_file, latest)
+            for p in prune_checkpoints(self.work_dir, self.cfg["train"]["keep_last"]):
+                log.info("removed %s (train.keep_last: %d)", p, self.cfg["train"]["keep_last"])
+        else:
+            save_checkpoint(state, latest)
 
     def _resume(self, path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no checkpoint to resume from: {path} (train without --resume to start over)"
+            )
         state = load_checkpoint(path)
         load_model_weights(unwrap(self.model), state, path)
+        self.last_checkpoint = path
         if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError) as e:
+                raise ValueError(
+                    f"{path}: its optimizer state does not fit this config ({e}); was "
+                    "train.optimizer or model.backbone.frozen_stages changed?"
+                ) from None
+        else:
+            log.warning("%s holds no optimizer state: momentum restarts from zero", path)
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if "ema" in state:
+                load_model_weights(self.ema.module, state, path, key="ema")
+                self.ema.n_averaged.fill_(int(state.get("ema_updates", 1)))
+            else:
+                log.warning("%s holds no EMA weights: the average restarts from its weights", path)
+                self.ema.n_averaged.zero_()  # the next update copies the model
         self.epoch, self.iter = int(state.get("epoch", 0)), int(state.get("iter", 0))
-        if "rng" in state:
-            torch.set_rng_state(state["rng"]["torch"])
-        log.info("resumed from %s at epoch %d, iteration %d", path, self.epoch, self.iter)
+        self.skipped_images = int(state.get("skipped_images", 0))
+        ws = gdist.world_size()
+        epoch_iter = int(state.get("epoch_iter", 0))
+        saved = (int(state.get("world_size", ws)), int(state.get("batch_size", self.batch_size)))
+        if saved != (ws, self.batch_size):
+            log.warning(
+                "%s was trained with %d process(es) x %d images per batch, this run has %d x %d: "
+                "data order and lr differ from an uninterrupted run", path, *saved, ws,
+                self.batch_size,
+            )  # fmt: skip
+            # The same number of images seen, in batches of the new size.
+            epoch_iter = epoch_iter * saved[0] * saved[1] // (ws * self.batch_size)
+        self.epoch_iter = min(epoch_iter, len(self.train_loader.batch_sampler))
+        rng = state.get("rng")
+        if isinstance(rng, list) and len(rng) == ws:
+            set_rng_state(rng[gdist.rank()], self.device)
+        elif isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor):
+            torch.set_rng_state(rng["torch"])  # checkpoints of gfldet <= 0.1 held only this
+        else:
+            log.warning("%s: RNG states not restored (saved by another number of processes)", path)
+        if gdist.is_main():
+            self._truncate_log()
+        log.info(
+            "resumed from %s: epoch %d, iteration %d (%d of the epoch's batches done)",
+            path, self.epoch + 1, self.iter, self.epoch_iter,
+        )  # fmt: skip
+
+    def _truncate_log(self) -> None:
+        """Drops log.jsonl records written after the checkpoint (their iterations are redone)."""
+        path = self.work_dir / "log.jsonl"
+        if not path.is_file():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("iter", 0) <= self.iter:
+                    keep.append(line)
+            except (json.JSONDecodeError, AttributeError):
+                pass  # a line cut short by a kill
+        tmp = path.with_name(".log.jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
+
+    def resume_command(self) -> str:
+        """The command that continues this run from WORK_DIR/latest.pth."""
+        cfg = shlex.quote(str(self.work_dir / "config.yaml"))
+        ws, local = gdist.world_size(), gdist.local_world_size()
+        if ws == 1:
+            return f"gfldet train --config {cfg} --resume"
+        launch = f"torchrun --nproc_per_node={local}"
+        if ws > local:
+            launch += f" --nnodes={ws // local} [same rendezvous flags as before, on every node]"
+        return f"{launch} -m gfldet train --config {cfg} --resume"
+
+    # -- signals ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _signals_handled(self) -> Iterator[None]:
+        """SIGINT / SIGTERM ask the loop to stop after the current step (and save); a second
+        one acts at once, as it would without this handler."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # handlers can only be installed from the main thread
+            return
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        old = {s: signal.getsignal(s) for s in sigs}
+        old = {s: h if h is not None else signal.SIG_DFL for s, h in old.items()}
+
+        def handler(signum: int, frame: Any) -> None:
+            self._signal = signal.Signals(signum).name
+            signal.signal(signum, old[signum])
+            log.warning(
+                "%s received: saving a checkpoint after this step (send it again to stop at "
+                "once, without saving)", self._signal,
+            )  # fmt: skip
+
+        for s in sigs:
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank got SIGINT / SIGTERM (the same answer on every rank)."""
+        return gdist.reduce_sum([float(self._signal is not None)], self.device)[0] > 0
+
+    def _save_and_stop(self) -> NoReturn:
+        self.save()
+        sampler = self.train_loader.batch_sampler
+        n = sampler.start + len(sampler)
+        msg = (
+            f"stopped by {self._signal or 'a signal to another process'} after iteration "
+            f"{self.iter} (epoch {self.epoch + 1}, {self.epoch_iter}/{n} batches); saved "
+            f"{self.work_dir / 'latest.pth'}. Resume with:\n  {self.resume_command()}"
+        )
+        if gdist.is_main():
+            log.warning(msg)
+        raise TrainingInterrupted(msg)
 
     # -- the loop -----------------------------------------------------------------------------
     def _log_json(self, record: dict) -> None:
@@ -211,77 +487,157 @@ class Trainer:
             with open(self.work_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def _max_iters_reached(self) -> bool:
+        m = self.cfg["train"]["max_iters"]
+        return m is not None and self.iter >= m
+
+    def train_step(self, images: torch.Tensor, targets: list[dict], lr: float) -> dict[str, float]:
+        """One optimisation step on a batch (images uint8 [B, 3, H, W]); returns the losses.
+
+        A NaN / inf loss on any rank raises FloatingPointError on every rank, before backward:
+        the weights, optimizer and checkpoints stay as they were.
+        """
+        t = self.cfg["train"]
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        images = images.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            losses = self.model(images, targets)
+        values = torch.stack([v.detach().float() for v in losses.values()])
+        bad = gdist.reduce_sum((~torch.isfinite(values)).float().tolist(), self.device)
+        if any(bad):
+            terms = [f"{k} = {v:g}" for (k, v), b in zip(losses.items(), bad) if b]
+            where = (
+                f"the last good checkpoint is {self.last_checkpoint}"
+                if self.last_checkpoint is not None
+                else "no checkpoint was written in this run"
+            )
+            raise FloatingPointError(
+                f"non-finite loss at iteration {self.iter + 1} (epoch {self.epoch + 1}): "
+                f"{', '.join(terms)}; stopped before updating the weights, {where} "
+                "(try a lower train.lr, train.grad_clip, or longer train.warmup_iters)"
+            )
+        loss = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if t["grad_clip"]:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            nn.utils.clip_grad_norm_(params, t["grad_clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(unwrap(self.model))
+        return dict(zip(losses, values.tolist()))
+
     def train_epoch(self) -> bool:
-        """One epoch; returns False when train.max_iters was reached."""
+        """Trains on the rest of the epoch. Returns True at its end, False when stopped early
+        (train.max_iters, or a signal: then `self._stopped` is set on every rank)."""
         t = self.cfg["train"]
         self.model.train()
-        self.train_loader.batch_sampler.set_epoch(self.epoch)
+        sampler = self.train_loader.batch_sampler
+        sampler.set_epoch(self.epoch, self.epoch_iter)
+        n = self.epoch_iter + len(sampler)
         bar = tqdm(
             self.train_loader, desc=f"epoch {self.epoch + 1}/{t['epochs']}",
-            disable=not gdist.is_main(), dynamic_ncols=True, file=sys.stdout,
+            initial=self.epoch_iter, total=n, disable=not gdist.is_main(), dynamic_ncols=True,
+            file=sys.stdout,
         )  # fmt: skip
         start = time.time()
+        every = t["checkpoint_interval_iters"]
         for images, targets in bar:
-            lr = lr_at(self.cfg, self.base_lr, self.epoch, self.iter)
-            for g in self.optimizer.param_groups:
-                g["lr"] = lr
-            images = images.to(self.device, non_blocking=True)
-            losses = self.model(images, targets)
-            loss = sum(losses.values())
-            losses = {k: v.detach() for k, v in losses.items()}
-            if not torch.isfinite(loss):
-                bad = [k for k, v in losses.items() if not torch.isfinite(v)]
-                raise FloatingPointError(
-                    f"non-finite loss at iteration {self.iter} (epoch {self.epoch + 1}): "
-                    f"{', '.join(bad)}; the last good checkpoint is {self.work_dir / 'latest.pth'}"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if t["grad_clip"]:
-                nn.utils.clip_grad_norm_(self.model.parameters(), t["grad_clip"])
-            self.optimizer.step()
-            self.iter += 1
-            if self.iter % t["log_interval"] == 0 or self.iter == 1:
-                values = {k: round(v.item(), 4) for k, v in losses.items()}
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", **{
-                    k.removeprefix("loss_"): f"{v:.3f}" for k, v in values.items()
-                })  # fmt: skip
-                self._log_json({
-                    "epoch": self.epoch + 1, "iter": self.iter, "lr": lr,
-                    "loss": round(loss.item(), 4), **values,
-                    "time": round(time.time() - start, 1),
-                })  # fmt: skip
-            if t["max_iters"] is not None and self.iter >= t["max_iters"]:
+            # One all-reduce agrees on what every rank must do the same way.
+            empty, stop, skipped = gdist.reduce_sum(
+                [float(not targets), float(self._signal is not None),
+                 float(sampler.batch_size - len(targets))], self.device,
+            )  # fmt: skip
+            if stop:
+                self._stopped = True
                 return False
+            if skipped:
+                self.skipped_images += int(skipped)
+            if skipped and gdist.is_main():  # totals over ranks: said once
+                log.warning(
+                    "iteration %d: %d unreadable image(s) skipped, %d so far "
+                    "(data.skip_bad_images)", self.iter + 1, skipped, self.skipped_images,
+                )  # fmt: skip
+            lr = lr_at(self.cfg, self.base_lr, self.epoch, self.iter)
+            losses = None
+            if empty:  # some rank has no image at all: nobody steps, so DDP stays in lockstep
+                if gdist.is_main():
+                    log.warning("iteration %d skipped: no readable image in a batch", self.iter + 1)
+            else:
+                losses = self.train_step(images, targets, lr)
+            self.iter += 1
+            self.epoch_iter += 1
+            if losses and (self.iter % t["log_interval"] == 0 or self.iter == 1):
+                loss = sum(losses.values())
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", **{
+                    k.removeprefix("loss_"): f"{v:.3f}" for k, v in losses.items()
+                })  # fmt: skip
+                extra = {"skipped_images": self.skipped_images} if self.skipped_images else {}
+                self._log_json({
+                    "epoch": self.epoch + 1, "iter": self.iter, "lr": lr, "loss": round(loss, 4),
+                    **{k: round(v, 4) for k, v in losses.items()},
+                    "time": round(time.time() - start, 1), **extra,
+                })  # fmt: skip
+            if self._max_iters_reached():
+                return False
+            if every and self.iter % every == 0 and self.epoch_iter < n:
+                self.save()  # mid-epoch; the epoch's end is saved by fit()
         return True
 
+    def _evaluate(self) -> dict:
+        """Evaluates the EMA weights when there are some, else the model's."""
+        model = self.ema.module if self.ema is not None else unwrap(self.model)
+        metrics = evaluate(model, self.val_loader, self.device, self.work_dir)
+        if gdist.is_main():
+            which = "EMA weights" if self.ema is not None else "weights"
+            log.info("epoch %d (%s): %s", self.epoch, which, format_metrics(metrics))
+            ap = {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+            ap = {k: (None if v is None or math.isnan(v) else v) for k, v in ap.items()}
+            record = {"epoch": self.epoch, "iter": self.iter, "val": ap}
+            if self.ema is not None:
+                record["weights"] = "ema"
+            self._log_json(record)
+        return metrics
+
     def fit(self) -> dict:
-        """Runs the remaining epochs; returns the last evaluation's metrics (may be empty)."""
+        """Runs the remaining epochs; returns the last evaluation's metrics (may be empty).
+
+        Raises TrainingInterrupted after SIGINT / SIGTERM (a checkpoint is saved first) and
+        FloatingPointError on a NaN / inf loss.
+        """
         t = self.cfg["train"]
         metrics: dict = {}
-        while self.epoch < t["epochs"]:
-            more = self.train_epoch()
-            self.epoch += 1
-            last = self.epoch == t["epochs"] or not more
-            if last or self.epoch % t["checkpoint_interval"] == 0:
-                self.save(f"epoch_{self.epoch}.pth")
-            if t["eval_interval"] and (last or self.epoch % t["eval_interval"] == 0):
-                metrics = evaluate(unwrap(self.model), self.val_loader, self.device, self.work_dir)
-                if gdist.is_main():
-                    log.info("epoch %d: %s", self.epoch, format_metrics(metrics))
-                    ap = {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
-                    ap = {k: (None if v is None or math.isnan(v) else v) for k, v in ap.items()}
-                    self._log_json({"epoch": self.epoch, "iter": self.iter, "val": ap})
-            if not more:
-                break
+        with self._signals_handled():
+            while self.epoch < t["epochs"] and not self._max_iters_reached():
+                self.train_epoch()
+                if self._stopped:
+                    self._save_and_stop()
+                # train.max_iters ends the run as if the epoch were complete (smoke tests).
+                self.epoch += 1
+                self.epoch_iter = 0
+                last = self.epoch == t["epochs"] or self._max_iters_reached()
+                if last or self.epoch % t["checkpoint_interval"] == 0:
+                    self.save(f"epoch_{self.epoch}.pth")
+                elif t["checkpoint_interval_iters"]:
+                    self.save()
+                if t["eval_interval"] and (last or self.epoch % t["eval_interval"] == 0):
+                    metrics = self._evaluate()
+                if self._stop_requested():
+                    self._save_and_stop()
+        if self.skipped_images and gdist.is_main():
+            log.warning("%d unreadable image(s) were skipped in this run", self.skipped_images)
+        log.info("done: %d epochs, %d iterations; checkpoints in %s", self.epoch, self.iter,
+                 self.work_dir)  # fmt: skip
         return metrics
 
 
-def train(cfg: dict, resume: bool | str = False) -> dict:
+def train(cfg: dict, resume: bool | str | Path = False) -> dict:
     """Trains a detector as configured; returns the final evaluation metrics."""
-    trainer = Trainer(cfg, resume)
     try:
-        return trainer.fit()
+        return Trainer(cfg, resume).fit()
     finally:
         if gdist.is_distributed():
-            dist.destroy_process_group()
+            torch.distributed.destroy_process_group()

@@ -85,6 +85,21 @@ class ResNet(nn.Module):
                         m.eval()
         return self
 
+    def conv_bn_pairs(self) -> list[tuple[nn.Module, str, str]]:
+        """Every BatchNorm that is applied directly to a conv's output, as (owner module, conv
+        attribute, BatchNorm attribute), in forward order. These are what
+        gfldet.model.fuse folds into their convs for inference; the pairing lives here because
+        only this module's forward (and torchvision's blocks') knows it."""
+        pairs: list[tuple[nn.Module, str, str]] = [(self, "conv1", "bn1")]
+        stages = [m for name, m in self.named_children() if name.startswith("layer")]
+        for stage in stages:
+            for block in stage:
+                n = 3 if isinstance(block, Bottleneck) else 2
+                pairs += [(block, f"conv{k}", f"bn{k}") for k in range(1, n + 1)]
+                if block.downsample is not None:  # Sequential(conv, bn), see __init__
+                    pairs.append((block.downsample, "0", "1"))
+        return pairs
+
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         c2 = self.layer1(x)

@@ -1,0 +1,126 @@
+"""scripts/bench.py and scripts/bench_converge.py: --quick smoke runs on a tiny shapes set."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gfldet.data.synth import write_shapes_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = (
+    "infer_ratio_fcos", "infer_ratio_retinanet", "train_ratio_fcos", "atss_speedup",
+    "atss_share", "postprocess_share", "postprocess_share_random",
+    "loader_images_per_s_0_workers", "loader_images_per_s_2_workers", "loader_wait_share",
+    "demo_train_images_per_s", "coco_eval_s",
+)  # fmt: skip
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench") / "shapes"
+    write_shapes_dataset(root, num_train=8, num_val=4, img_size=64, max_size=40, max_objects=4)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def positive_finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def test_bench_quick_writes_every_measurement(shapes, tmp_path):
+    bench = load_script("bench")
+    out = tmp_path / "bench.json"
+    args = ["--quick", "--threads", "1", "--data", str(shapes), "--out", str(out)]
+    assert bench.main(args) == 0
+    res = json.loads(out.read_text())
+    bad = {k: res.get(k) for k in REQUIRED if not positive_finite(res.get(k))}
+    assert not bad, bad
+    assert res["settings"]["quick"] and res["settings"]["repeats"] == 1
+    assert res["machine"]["threads"] == 1 and res["machine"]["torch"] == torch.__version__
+    assert res["machine"]["cpu"]
+    # Raw times of every contender, each a list of positive seconds.
+    for section in ("infer", "train", "atss", "loader", "coco"):
+        times = res["times"][section]
+        assert times and all(v and all(positive_finite(t) for t in v) for v in times.values())
+    for key in ("gfldet", "gfldet_loaded", "fcos", "retinanet", "postprocess_loaded"):
+        assert key in res["times"]["infer"]
+    # The "loaded" case really puts about LOADED_PAIRS pairs over the threshold.
+    assert abs(res["postprocess_candidates"] - bench.LOADED_PAIRS) <= 30
+    assert 0 < res["postprocess_detections"] <= 100
+    assert 0 < res["postprocess_share"] < 1 and 0 < res["atss_share"] < 1
+    assert res["coco_eval_detections"] == res["coco_eval_images"] * 100
+    assert set(res["targets"]) == set(bench.TARGETS)
+    assert all(isinstance(t["met"], bool) for t in res["targets"].values())
+    assert "inference" in res["table"] and "targets:" in res["table"]
+
+
+def test_bench_only_runs_the_sections_asked(shapes, tmp_path):
+    bench = load_script("bench")
+    out = tmp_path / "atss.json"
+    assert bench.main(["--quick", "--threads", "1", "--only", "atss", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["times"]) == {"atss"} and positive_finite(res["atss_speedup"])
+    assert res.get("atss_share") is None and res["targets"]["ATSS share of step"]["met"] is None
+
+
+def test_bench_converge_quick(shapes, tmp_path):
+    conv = load_script("bench_converge")
+    out = tmp_path / "converge.json"
+    args = ["--quick", "--minutes", "0.02", "--threads", "1", "--data", str(shapes),
+            "--work-dir", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+    assert conv.main(args) == 0
+    res = json.loads(out.read_text())
+    for name in ("gfldet", "fcos"):
+        r = res["results"][name]
+        assert r["iterations"] >= 1 and r["train_s"] >= 0.02 * 60
+        assert 0 <= r["AP"] <= 1
+    assert res["ap_gfldet_minus_fcos"] == pytest.approx(
+        res["results"]["gfldet"]["AP"] - res["results"]["fcos"]["AP"]
+    )
+
+
+def test_fcos_on_gfldet_backbone_shares_its_modules():
+    conv = load_script("bench_converge")
+    from gfldet.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "shapes_demo.yaml", ["model.num_classes=6"])
+    fcos = conv.build_fcos_on_gfldet(cfg)
+    torch.manual_seed(cfg["seed"])
+    from gfldet.model.detector import build_model
+
+    gfl = build_model(cfg)
+    # The same ResNet + FPN, initialised alike.
+    ours = {f"body.{k}": v for k, v in gfl.backbone.state_dict().items()}
+    ours |= {f"fpn.{k}": v for k, v in gfl.fpn.state_dict().items()}
+    theirs = fcos.backbone.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # Head of the demo's depth, width and GroupNorm groups; one anchor of side = stride.
+    h = cfg["model"]["head"]
+    tower = fcos.head.classification_head.conv
+    gns = [m for m in tower if isinstance(m, torch.nn.GroupNorm)]
+    assert len(gns) == h["stacked_convs"] and all(g.num_groups == h["num_groups"] for g in gns)
+    assert fcos.anchor_generator.sizes == tuple((s,) for s in h["strides"])
+    feats = fcos.backbone(torch.zeros(1, 3, 64, 64))
+    assert list(feats) == ["p3", "p4", "p5", "p6", "p7"]
+    assert all(f.shape[1] == fcos.backbone.out_channels for f in feats.values())

@@ -3,7 +3,9 @@
 import torch
 from torchvision.ops import box_iou
 
-from gfldet.model.atss import atss_assign
+import pytest
+
+from gfldet.model.atss import _grid_candidates, _nearest_candidates, atss_assign
 from gfldet.model.box_ops import grid_points, square_anchors
 
 
@@ -45,7 +47,20 @@ def reference_atss(anchors, num_level, gts, topk=9):
 
 def make_anchors(sizes, strides):
     points, s = grid_points(sizes, strides)
-    return square_anchors(points, s, 8.0), [h * w for h, w in sizes]
+    return square_anchors(points, s, 8.0), [h * w for h, w in sizes], sizes
+
+
+@pytest.fixture(params=["grid", "all_pairs"])
+def assign(request):
+    """atss_assign as the detector calls it (grid shapes given: windowed candidate search) and
+    for an arbitrary anchor layout (every anchor-gt distance)."""
+
+    def run(anchors, num_level, sizes, gts, valid=None, topk=9):
+        shapes = sizes if request.param == "grid" else None
+        return atss_assign(anchors, num_level, gts, valid, topk, shapes)
+
+    run.grid = request.param == "grid"
+    return run
 
 
 def random_gts(gen, n, extent):
@@ -54,19 +69,19 @@ def random_gts(gen, n, extent):
     return torch.cat([xy, xy + wh], 1)
 
 
-def test_matches_reference_on_random_cases():
-    anchors, num_level = make_anchors([(8, 8), (4, 4), (2, 2), (1, 1)], [8, 16, 32, 64])
+def test_matches_reference_on_random_cases(assign):
+    anchors, num_level, sizes = make_anchors([(8, 8), (4, 4), (2, 2), (1, 1)], [8, 16, 32, 64])
     gen = torch.Generator().manual_seed(0)
     for trial in range(12):
         gts = random_gts(gen, 1 + trial % 6, 64.0)
-        got, ious = atss_assign(anchors, num_level, gts)
+        got, ious = assign(anchors, num_level, sizes, gts)
         expect = reference_atss(anchors.double(), num_level, gts.double())
         assert torch.equal(got, expect), f"trial {trial}"
         assert (ious[got < 0] == 0).all() and (ious[got >= 0] > 0).all()
 
 
-def test_batched_equals_per_image():
-    anchors, num_level = make_anchors([(8, 10), (4, 5), (2, 3)], [8, 16, 32])
+def test_batched_equals_per_image(assign):
+    anchors, num_level, sizes = make_anchors([(8, 10), (4, 5), (2, 3)], [8, 16, 32])
     gen = torch.Generator().manual_seed(1)
     per_image = [random_gts(gen, n, 70.0) for n in (3, 0, 5, 1)]
     g = max(len(x) for x in per_image)
@@ -75,59 +90,59 @@ def test_batched_equals_per_image():
     for i, x in enumerate(per_image):
         boxes[i, : len(x)] = x
         valid[i, : len(x)] = True
-    batched, _ = atss_assign(anchors, num_level, boxes, valid)
+    batched, _ = assign(anchors, num_level, sizes, boxes, valid)
     for i, x in enumerate(per_image):
-        single, _ = atss_assign(anchors, num_level, x)
+        single, _ = assign(anchors, num_level, sizes, x)
         assert torch.equal(batched[i], single)
     assert (batched[1] == -1).all()
 
 
-def test_no_gts():
-    anchors, num_level = make_anchors([(4, 4)], [8])
-    got, ious = atss_assign(anchors, num_level, torch.zeros(0, 4))
+def test_no_gts(assign):
+    anchors, num_level, sizes = make_anchors([(4, 4)], [8])
+    got, ious = assign(anchors, num_level, sizes, torch.zeros(0, 4))
     assert got.shape == (16,) and (got == -1).all() and (ious == 0).all()
 
 
-def test_gt_smaller_than_every_anchor():
-    anchors, num_level = make_anchors([(8, 8), (4, 4)], [8, 16])
+def test_gt_smaller_than_every_anchor(assign):
+    anchors, num_level, sizes = make_anchors([(8, 8), (4, 4)], [8, 16])
     gts = torch.tensor([[22.0, 22.0, 26.0, 26.0], [3.0, 40.0, 9.0, 44.0]])  # 4-6 px vs 64 px
-    got, _ = atss_assign(anchors, num_level, gts)
+    got, _ = assign(anchors, num_level, sizes, gts)
     assert torch.equal(got, reference_atss(anchors.double(), num_level, gts.double()))
     # Every level-0 candidate has the same IoU as the anchor at the centre, the level-1 ones
     # a quarter of it: mean + std lies above all of them, so ATSS gives the gt no positive.
     assert (got == 0).sum() == 0
 
 
-def test_gt_with_centre_outside_every_candidate_has_no_positive():
-    anchors, num_level = make_anchors([(4, 4)], [8])  # anchor centres at 0, 8, 16, 24
+def test_gt_with_centre_outside_every_candidate_has_no_positive(assign):
+    anchors, num_level, sizes = make_anchors([(4, 4)], [8])  # anchor centres at 0, 8, 16, 24
     gts = torch.tensor([[9.0, 9.0, 15.0, 15.0]])  # no anchor centre strictly inside
-    got, _ = atss_assign(anchors, num_level, gts)
+    got, _ = assign(anchors, num_level, sizes, gts)
     assert (got == -1).all()
 
 
-def test_two_gts_competing_for_one_anchor_take_the_higher_iou():
-    anchors, num_level = make_anchors([(1, 1)], [8])  # one anchor [-32, -32, 32, 32]
+def test_two_gts_competing_for_one_anchor_take_the_higher_iou(assign):
+    anchors, num_level, sizes = make_anchors([(1, 1)], [8])  # one anchor [-32, -32, 32, 32]
     gts = torch.tensor([[-20.0, -20.0, 20.0, 20.0], [-30.0, -30.0, 30.0, 30.0]])
-    got, ious = atss_assign(anchors, num_level, gts)
+    got, ious = assign(anchors, num_level, sizes, gts)
     assert got.tolist() == [1]
     assert ious.item() == (60.0 * 60.0) / (64.0 * 64.0)
 
 
-def test_level_with_fewer_anchors_than_topk():
-    anchors, num_level = make_anchors([(6, 6), (2, 2), (1, 1)], [8, 16, 32])
+def test_level_with_fewer_anchors_than_topk(assign):
+    anchors, num_level, sizes = make_anchors([(6, 6), (2, 2), (1, 1)], [8, 16, 32])
     gts = torch.tensor([[4.0, 4.0, 40.0, 30.0], [0.0, 10.0, 20.0, 46.0]])
-    got, _ = atss_assign(anchors, num_level, gts)
+    got, _ = assign(anchors, num_level, sizes, gts)
     assert torch.equal(got, reference_atss(anchors.double(), num_level, gts.double()))
 
 
-def test_degenerate_boxes_are_never_positive():
-    anchors, num_level = make_anchors([(4, 4)], [8])
+def test_degenerate_boxes_are_never_positive(assign):
+    anchors, num_level, sizes = make_anchors([(4, 4)], [8])
     gts = torch.tensor([[8.0, 8.0, 8.0, 20.0], [5.0, 5.0, 5.0, 5.0]])
-    got, _ = atss_assign(anchors, num_level, gts)
+    got, _ = assign(anchors, num_level, sizes, gts)
     assert (got == -1).all()
 
 
-def test_matches_reference_on_many_random_layouts():
+def test_matches_reference_on_many_random_layouts(assign):
     """Random pyramids (some levels smaller than k), k, and gt sets with tiny, huge, partly
     outside and degenerate boxes; the batched call is checked against the loop per image."""
     gen = torch.Generator().manual_seed(7)
@@ -140,7 +155,7 @@ def test_matches_reference_on_many_random_layouts():
         )
         sizes = [(max(1, h0 >> i), max(1, w0 >> i)) for i in range(num_levels)]
         strides = [8 * 2**i for i in range(num_levels)]
-        anchors, num_level = make_anchors(sizes, strides)
+        anchors, num_level, sizes = make_anchors(sizes, strides)
         topk = [1, 3, 9, 12][trial % 4]
         extent = 8.0 * max(h0, w0)
         images = []
@@ -150,12 +165,14 @@ def test_matches_reference_on_many_random_layouts():
             if n >= 2:
                 gts[0, 2] = gts[0, 0]  # zero width
                 gts[1] = gts[1] * torch.tensor([1.0, 1.0, 4.0, 4.0])  # large, partly outside
+            if assign.grid:  # the data pipeline clips boxes to the image (the grid's extent)
+                gts = gts.clamp(min=0).minimum(torch.tensor([w0, h0, w0, h0]) * 8.0)
             images.append(gts)
         g = max(1, max(len(x) for x in images))
         boxes, valid = torch.zeros(3, g, 4), torch.zeros(3, g, dtype=torch.bool)
         for i, x in enumerate(images):
             boxes[i, : len(x)], valid[i, : len(x)] = x, True
-        batched, ious = atss_assign(anchors, num_level, boxes, valid, topk)
+        batched, ious = assign(anchors, num_level, sizes, boxes, valid, topk)
         for i, x in enumerate(images):
             expect = reference_atss(anchors.double(), num_level, x.double(), topk)
             assert torch.equal(batched[i], expect), (trial, i)
@@ -165,3 +182,26 @@ def test_matches_reference_on_many_random_layouts():
                 torch.testing.assert_close(ious[i][batched[i] >= 0], from_box[batched[i] >= 0])
             assert (ious[i][batched[i] < 0] == 0).all()
     assert checked_pos > 30  # the cases do exercise positives (47 with this seed)
+
+
+def test_grid_window_finds_the_nearest_locations_ties_included():
+    """The windowed search of step 2 returns exactly the all-anchors search's candidates, in
+    order, on grids of every shape (1- and 2-wide included), for every k <= 9, for centres up
+    to 3 strides outside the grid, half of them on the half-stride lattice where distances tie."""
+    gen = torch.Generator().manual_seed(3)
+    for h in range(1, 11):
+        for w in range(1, 11):
+            centers, _ = grid_points([(h, w)], [8])
+            u = torch.rand(120, 2, generator=gen)
+            c = (u * torch.tensor([w + 5.0, h + 5.0]) - 3) * 8  # -3 .. size + 2 steps
+            c[:60] = (c[:60] / 4).round() * 4
+            for k in range(1, 10):
+                got = _grid_candidates(centers, [(h, w)], c, k)
+                expect = _nearest_candidates(centers, [h * w], c, k)
+                assert torch.equal(got, expect), (h, w, k)
+
+
+def test_grid_shapes_must_match_the_anchor_counts():
+    anchors, num_level, sizes = make_anchors([(4, 4), (2, 2)], [8, 16])
+    with pytest.raises(ValueError, match="level_shapes"):
+        atss_assign(anchors, num_level, torch.tensor([[0.0, 0, 9, 9]]), None, 9, [(4, 4), (2, 3)])

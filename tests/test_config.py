@@ -352,8 +352,8 @@ def test_shapes_demo_values():
     assert cfg["device"] == "cpu"
     assert cfg["data"]["train"]["img_scale"] == [256, 256]
     # the budget behind `make demo` <= 15 min on 2 cores (README); change both together
-    assert cfg["train"]["epochs"] == 5 and cfg["train"]["optimizer"] == "adamw"
-    assert cfg["train"]["lr_steps"] == [4]
+    assert cfg["train"]["epochs"] == 4 and cfg["train"]["optimizer"] == "adamw"
+    assert cfg["train"]["lr_steps"] == [3]
 
 
 # ---------------------------------------------------------------- choices and model switches

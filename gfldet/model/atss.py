@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
 
-INF = float("inf")
+from .box_ops import aligned_box_iou
+
+# Locations searched around a gt centre on a grid level, per axis: the topk <= 9 locations
+# nearest a point (equal distances included) lie within 3 rows/columns of its nearest
+# location when the grid has >= 3 rows and columns, within 5 along a grid 1 or 2 wide. Checked
+# exhaustively in tests for points up to 3 steps outside the grid.
+WINDOW, WINDOW_THIN = 7, 11
+MAX_WINDOW_TOPK = 9
 
 
 def atss_assign(
@@ -15,6 +21,7 @@ def atss_assign(
     gt_boxes: Tensor,
     gt_valid: Tensor | None = None,
     topk: int = 9,
+    level_shapes: list[tuple[int, int]] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Assigns every anchor to one gt box or to background.
 
@@ -24,51 +31,112 @@ def atss_assign(
     Returns (assigned, ious), each [A] or [B, A]: `assigned` is the gt index within the image or
     -1 for background; `ious` is the IoU with the assigned gt (0 for background).
 
-    The five steps: (1) IoU and centre distance of every anchor-gt pair; (2) per level and gt,
-    the topk anchors closest to the gt centre are candidates; (3) per gt, threshold = mean + std
-    of the candidates' IoUs; (4) positive if IoU >= threshold and the anchor centre lies inside
-    the gt; (5) an anchor positive for several gts takes the one of highest IoU.
+    The five steps: (1) IoU and centre distance of anchor-gt pairs; (2) per level and gt, the
+    topk anchors closest to the gt centre are candidates (equal distances: lower anchor index
+    first); (3) per gt, threshold = mean + std of the candidates' IoUs; (4) positive if
+    IoU >= threshold and the anchor centre lies inside the gt; (5) an anchor positive for
+    several gts takes the one of highest IoU (equal IoUs: lower gt index).
+
+    `level_shapes` [(H, W)] per level says the anchors are the detector's grids (row-major, one
+    anchor per location, evenly spaced). Step 2 then searches only a window of 7 x 7 locations
+    around each gt centre instead of measuring every anchor: the same candidates for topk <= 9
+    and gt centres up to 3 strides outside the grid (boxes inside the padded image are at most
+    1 outside), and the nearest within the border window for centres farther out. Without it
+    every anchor-gt distance is computed ([A, B*G] memory). Only the K candidates' IoUs are
+    ever computed.
     """
     single = gt_boxes.dim() == 2
     if single:
         gt_boxes = gt_boxes[None]
     b, g = gt_boxes.shape[:2]
+    dev = anchors.device
     if gt_valid is None:
-        gt_valid = torch.ones(b, g, dtype=torch.bool, device=gt_boxes.device)
+        gt_valid = torch.ones(b, g, dtype=torch.bool, device=dev)
     num_anchors = anchors.shape[0]
     if g == 0 or num_anchors == 0:
-        assigned = torch.full((b, num_anchors), -1, dtype=torch.long, device=anchors.device)
+        assigned = torch.full((b, num_anchors), -1, dtype=torch.long, device=dev)
         out = (assigned, anchors.new_zeros(b, num_anchors))
         return (out[0][0], out[1][0]) if single else out
 
     # Every gt of the batch is one column; steps 1-4 are independent per column.
     gts = gt_boxes.reshape(b * g, 4).to(anchors.dtype)
-    ious = box_iou(anchors, gts)  # [A, BG]
     centers = (anchors[:, :2] + anchors[:, 2:]) / 2
     gt_centers = (gts[:, :2] + gts[:, 2:]) / 2
-    dist = torch.cdist(centers, gt_centers)  # [A, BG]
+    if level_shapes is not None and topk <= MAX_WINDOW_TOPK:
+        if [h * w for h, w in level_shapes] != list(num_level_anchors):
+            raise ValueError(f"level_shapes {level_shapes} do not match {num_level_anchors}")
+        cand_idx = _grid_candidates(centers, level_shapes, gt_centers, topk)
+    else:
+        cand_idx = _nearest_candidates(centers, num_level_anchors, gt_centers, topk)  # [K, BG]
 
-    cand = []
-    start = 0
-    for n in num_level_anchors:
-        k = min(topk, n)
-        if k > 0:
-            cand.append(dist[start : start + n].topk(k, dim=0, largest=False).indices + start)
-        start += n
-    cand_idx = torch.cat(cand)  # [K, BG]
-    cand_ious = ious.gather(0, cand_idx)
+    k = cand_idx.shape[0]
+    cand_ious = aligned_box_iou(
+        anchors[cand_idx].reshape(-1, 4), gts.expand(k, -1, -1).reshape(-1, 4)
+    ).view(k, b * g)
     # Unbiased std, as the reference; a single candidate has no spread.
-    spread = cand_ious.std(0) if cand_idx.shape[0] > 1 else torch.zeros_like(cand_ious[0])
+    spread = cand_ious.std(0) if k > 1 else torch.zeros_like(cand_ious[0])
     thr = cand_ious.mean(0) + spread
-
     c = centers[cand_idx]  # [K, BG, 2]
     inside = torch.cat([c - gts[None, :, :2], gts[None, :, 2:] - c], dim=-1).amin(-1) > 0.01
     is_pos = (cand_ious >= thr[None]) & inside & gt_valid.reshape(1, b * g)
 
-    # Non-positive pairs get -inf so that the max over gts picks a positive gt, if any.
-    overlaps = torch.full_like(ious, -INF)
-    overlaps.scatter_(0, cand_idx, torch.where(is_pos, cand_ious, cand_ious.new_tensor(-INF)))
-    best, assigned = overlaps.view(num_anchors, b, g).max(dim=2)  # [A, B]
-    assigned = torch.where(best > -INF, assigned, assigned.new_tensor(-1)).t()
-    best = torch.where(best > -INF, best, best.new_zeros(())).t()
-    return (assigned[0], best[0]) if single else (assigned.contiguous(), best.contiguous())
+    # Step 5 over (image, anchor) slots. A positive's IoU is > 0 (its anchor's centre lies
+    # inside the gt), so 0 means "no positive gt".
+    image = torch.arange(b, device=dev).repeat_interleave(g)
+    slot = (image * num_anchors + cand_idx).reshape(-1)  # [K * BG]
+    val = torch.where(is_pos, cand_ious, 0.0).reshape(-1)
+    best = cand_ious.new_zeros(b * num_anchors).scatter_reduce_(0, slot, val, "amax")
+    gt_index = torch.arange(g, device=dev).repeat(b).expand(k, -1).reshape(-1)
+    wins = is_pos.reshape(-1) & (val == best[slot])
+    assigned = torch.full((b * num_anchors,), g, dtype=torch.long, device=dev)
+    assigned.scatter_reduce_(0, slot, torch.where(wins, gt_index, g), "amin")
+    assigned = assigned.masked_fill_(assigned == g, -1).view(b, num_anchors)
+    best = best.view(b, num_anchors)
+    return (assigned[0], best[0]) if single else (assigned, best)
+
+
+def _nearest_candidates(
+    centers: Tensor, num_level_anchors: list[int], gt_centers: Tensor, topk: int
+) -> Tensor:
+    """Indices [K, G] of the topk anchors nearest each gt centre on every level, any layout."""
+    # Exact differences, not cdist's matrix-product shortcut: its rounding would reorder ties.
+    dist = torch.cdist(centers, gt_centers, compute_mode="donot_use_mm_for_euclid_dist")
+    cand, start = [], 0
+    for n in num_level_anchors:
+        if n > 0:
+            # A stable sort, not topk, so that equal distances keep the lower anchor index.
+            near = dist[start : start + n].sort(dim=0, stable=True).indices[: min(topk, n)]
+            cand.append(near + start)
+        start += n
+    return torch.cat(cand)
+
+
+def _grid_candidates(
+    centers: Tensor, level_shapes: list[tuple[int, int]], gt_centers: Tensor, topk: int
+) -> Tensor:
+    """Indices [K, G] of the topk anchors nearest each gt centre on every level, searched in a
+    window of locations around it; centers [A, 2] must be row-major evenly spaced grids."""
+    dev = centers.device
+    cand, start = [], 0
+    for h, w in level_shapes:
+        if h * w == 0:
+            continue
+        wh = min(h, WINDOW if w >= 3 else WINDOW_THIN)
+        ww = min(w, WINDOW if h >= 3 else WINDOW_THIN)
+        origin = centers[start]
+        # Grid step along x and y (a 1-wide axis has no step; any positive value works there).
+        step_x = centers[start + 1, 0] - origin[0] if w > 1 else origin.new_ones(())
+        step_y = centers[start + w, 1] - origin[1] if h > 1 else origin.new_ones(())
+        step = torch.stack([step_x, step_y])
+        # Window's first (col, row): the nearest location minus half the window, kept inside.
+        half = torch.tensor([ww // 2, wh // 2], device=dev)
+        first = ((gt_centers - origin) / step).round().long() - half  # [G, 2]
+        cols = first[:, 0].clamp(0, w - ww)[:, None] + torch.arange(ww, device=dev)  # [G, ww]
+        rows = first[:, 1].clamp(0, h - wh)[:, None] + torch.arange(wh, device=dev)  # [G, wh]
+        # Row-major within the window, so a stable sort keeps the lower anchor index on ties.
+        idx = (start + rows[:, :, None] * w + cols[:, None, :]).flatten(1)  # [G, wh * ww]
+        d2 = (centers[idx] - gt_centers[:, None]).square().sum(-1)  # [G, wh * ww]
+        near = d2.sort(dim=1, stable=True).indices[:, : min(topk, h * w)]
+        cand.append(idx.gather(1, near))
+        start += h * w
+    return torch.cat(cand, 1).t()

@@ -169,7 +169,8 @@ class GFL(nn.Module):
         lc, q_type, box = self.loss_cfg, self.head.quality, self.head.box
         gt_boxes, gt_labels, gt_valid = pad_targets(targets, cls.device)
         anchors = square_anchors(points, strides, self.anchor_scale)
-        assigned, _ = atss_assign(anchors, [h * w for h, w in sizes], gt_boxes, gt_valid, self.topk)
+        num_level = [h * w for h, w in sizes]
+        assigned, _ = atss_assign(anchors, num_level, gt_boxes, gt_valid, self.topk, sizes)
         pb, pa = (assigned >= 0).nonzero(as_tuple=True)
         gi = assigned[pb, pa]
 

@@ -41,8 +41,8 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     init_distributed(device)  # under torchrun every rank predicts a shard of the val set
     setup_logging()
     d = cfg["data"]
-    dataset = build_dataset(d["val"], train=False)
-    model, state = load_trained_model(cfg, a.checkpoint, device)
+    dataset = build_dataset(d["val"], train=False, skip_bad=d["skip_bad_images"])
+    model, state = load_trained_model(cfg, a.checkpoint, device, fast=True)
     ckpt_ids = state.get("cat_ids")
     if ckpt_ids is not None and [int(c) for c in ckpt_ids] != list(dataset.cat_ids):
         raise ValueError(
@@ -300,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gfldet: interrupted", file=sys.stderr)
         return 130
-    except (ConfigError, FileNotFoundError, PermissionError, ValueError, FloatingPointError) as e:
+    # Expected failures (bad input, files, permissions, disk full, a NaN loss) get one line;
+    # GFLDET_DEBUG=1 shows the traceback. Anything else is a bug and keeps its traceback.
+    except (ConfigError, OSError, ValueError, FloatingPointError) as e:
         if os.environ.get("GFLDET_DEBUG"):
             raise
         print(f"gfldet: error: {e}", file=sys.stderr)

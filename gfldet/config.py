@@ -127,6 +127,25 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("sgd", "adamw"),
 }  # fmt: skip
 
+# Smallest value of integer keys where 0 or a negative number means nothing sensible (and would
+# otherwise fail later, e.g. a modulo by zero at the first logged iteration).
+MINIMUM: dict[str, int] = {
+    "model.num_classes": 1,
+    "model.assigner.topk": 1,
+    "data.train.batch_size": 1,
+    "data.val.batch_size": 1,
+    "data.train.num_workers": 0,
+    "data.val.num_workers": 0,
+    "data.size_divisor": 1,
+    "train.epochs": 1,
+    "train.warmup_iters": 0,
+    "train.eval_interval": 0,
+    "train.checkpoint_interval": 1,
+    "train.log_interval": 1,
+    "train.checkpoint_interval_iters": 0,
+    "train.keep_last": 0,
+}
+
 
 class ConfigError(ValueError):
     """A config file or override that does not match the schema."""
@@ -238,6 +257,8 @@ def _check(value: Any, default: Any, key: str, origin: dict[str, Path]) -> None:
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
         names = " or ".join(t.__name__ for t in types)
         raise ConfigError(f"{where}: '{key}' must be {names}, got {value!r}")
+    if key in MINIMUM and value < MINIMUM[key]:
+        raise ConfigError(f"{where}: '{key}' must be >= {MINIMUM[key]}, got {value!r}")
     if key in CHOICES and value not in CHOICES[key]:
         allowed = ", ".join(CHOICES[key])
         raise ConfigError(f"{where}: '{key}' must be one of {allowed}; got {value!r}")

@@ -1,9 +1,8 @@
 """ATSS: the vectorised, batched assigner against a plain per-gt loop of the paper's five steps."""
 
+import pytest
 import torch
 from torchvision.ops import box_iou
-
-import pytest
 
 from gfldet.model.atss import _grid_candidates, _nearest_candidates, atss_assign
 from gfldet.model.box_ops import grid_points, square_anchors

@@ -445,3 +445,12 @@ def test_model_options_are_checked_for_configs_made_in_code():
     cfg["model"]["loss"]["cls"] = "focal"
     with pytest.raises(ConfigError, match="model.loss.cls"):
         build_model(cfg)
+
+
+@pytest.mark.parametrize(
+    ("item", "minimum"),
+    [("train.log_interval=0", 1), ("data.train.batch_size=0", 1), ("train.keep_last=-1", 0)],
+)
+def test_out_of_range_integers_name_the_key_and_the_minimum(item, minimum):
+    with pytest.raises(ConfigError, match=rf"--set: '{item.split('=')[0]}' must be >= {minimum}"):
+        load_config(ROOT / "configs" / "shapes_demo.yaml", [item])

@@ -127,9 +127,13 @@ def test_sigkill_then_resume_gives_the_same_weights(shapes, tmp_path, restore_de
         assert resumed[key].keys() == reference[key].keys()
         for name, value in reference[key].items():
             assert torch.equal(resumed[key][name], value), (key, name)
-    momentum = [s["momentum_buffer"] for s in reference["optimizer"]["state"].values()]
-    momentum_resumed = [s["momentum_buffer"] for s in resumed["optimizer"]["state"].values()]
-    assert all(map(torch.equal, momentum, momentum_resumed))
+    # The optimizer's state too (SGD's momentum, AdamW's moments and step counts).
+    opt, opt_resumed = reference["optimizer"]["state"], resumed["optimizer"]["state"]
+    assert opt.keys() == opt_resumed.keys() and len(opt) > 0
+    for i, per_param in opt.items():
+        assert per_param.keys() == opt_resumed[i].keys()
+        for name, value in per_param.items():
+            assert torch.equal(torch.as_tensor(opt_resumed[i][name]), torch.as_tensor(value))
     # The log lost the records of the redone iteration 7 and has every iteration once.
     records = [r for r in log_records(killed) if "loss" in r]
     assert [r["iter"] for r in records] == list(range(1, 9))

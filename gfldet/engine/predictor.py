@@ -12,6 +12,7 @@ import torch
 from ..data.coco import load_image
 from ..data.transforms import TestTransform, collate_batch
 from ..model.detector import GFL, build_model
+from ..model.fuse import prepare_for_inference
 from .checkpoint import load_checkpoint, load_model_weights
 from .trainer import resolve_device, resolve_num_classes
 
@@ -19,9 +20,16 @@ log = logging.getLogger("gfldet")
 
 
 def load_trained_model(
-    cfg: dict, checkpoint: str | Path, device: torch.device, use_ema: bool = True
+    cfg: dict,
+    checkpoint: str | Path,
+    device: torch.device,
+    use_ema: bool = True,
+    fast: bool = False,
 ) -> tuple[GFL, dict]:
     """Builds the config's model and loads a checkpoint into it (eval mode).
+
+    fast: return prepare_for_inference(model) instead (BatchNorm folded into the convs,
+    channels_last; same detections up to float rounding; inference only, not a checkpoint).
 
     Returns (model, checkpoint state). model.num_classes is taken from the checkpoint's class
     list when the config leaves it unset. A checkpoint of a run with train.ema holds the
@@ -43,7 +51,8 @@ def load_trained_model(
     load_model_weights(model, state, checkpoint, key=key)
     if key == "ema":
         log.info("%s: using the EMA weights", checkpoint)
-    return model.to(device).eval(), state
+    model = model.to(device).eval()
+    return (prepare_for_inference(model) if fast else model), state
 
 
 class Predictor:
@@ -61,7 +70,7 @@ class Predictor:
         self, cfg: dict, checkpoint: str | Path, device: str = "auto", use_ema: bool = True
     ) -> None:
         self.device = resolve_device(device)
-        self.model, state = load_trained_model(cfg, checkpoint, self.device, use_ema)
+        self.model, state = load_trained_model(cfg, checkpoint, self.device, use_ema, fast=True)
         n = self.model.num_classes
         self.class_names: list[str] = list(state.get("classes") or [f"class_{i}" for i in range(n)])
         self.cat_ids: list[int] = [int(c) for c in state.get("cat_ids") or range(n)]

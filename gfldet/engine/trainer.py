@@ -38,6 +38,7 @@ from ..config import dump_config
 from ..data.loader import build_dataloader, build_dataset
 from ..dist import init_distributed
 from ..model.detector import GFL, build_model
+from ..model.fuse import prepare_for_inference
 from .checkpoint import (
     link_checkpoint,
     load_checkpoint,
@@ -47,6 +48,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from .curves import write_training_curves
 from .evaluator import coco_evaluate, format_metrics, predict_dataset
 
 __all__ = [
@@ -590,7 +592,9 @@ class Trainer:
     def _evaluate(self) -> dict:
         """Evaluates the EMA weights when there are some, else the model's."""
         model = self.ema.module if self.ema is not None else unwrap(self.model)
-        metrics = evaluate(model, self.val_loader, self.device, self.work_dir)
+        # A BatchNorm-folded, channels_last copy: same detections, ~2x faster on the CPU.
+        fast = prepare_for_inference(model)
+        metrics = evaluate(fast, self.val_loader, self.device, self.work_dir)
         if gdist.is_main():
             which = "EMA weights" if self.ema is not None else "weights"
             log.info("epoch %d (%s): %s", self.epoch, which, format_metrics(metrics))
@@ -600,7 +604,15 @@ class Trainer:
             if self.ema is not None:
                 record["weights"] = "ema"
             self._log_json(record)
+            self._plot_curves()
         return metrics
+
+    def _plot_curves(self) -> None:
+        """Redraws WORK_DIR/curves.png (loss terms, lr, val AP); a failed plot only warns."""
+        try:
+            write_training_curves(self.work_dir)
+        except Exception as e:  # noqa: BLE001 - a picture must never end a training run
+            log.warning("could not draw the training curves: %s", e)
 
     def fit(self) -> dict:
         """Runs the remaining epochs; returns the last evaluation's metrics (may be empty).

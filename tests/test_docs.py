@@ -1,0 +1,110 @@
+"""The docs: every config key in docs/configs.md, and links and config paths that exist.
+
+Covers README.md and docs/*.md. Config paths whose file name starts with `my` (e.g.
+`configs/my_dataset.yaml`) are the reader's own files in examples and are not checked.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from gfldet.config import DEFAULTS
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+CONFIGS_MD = ROOT / "docs" / "configs.md"
+
+FENCE = re.compile(r"^ *(```|~~~).*?^ *\1[^\n]*$", re.M | re.S)
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
+SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+CONFIG_PATH = re.compile(r"(?<![\w./-])configs/[\w./*-]*\.ya?ml\b")
+TABLE_ROW = re.compile(r"^\|\s*`([\w.]+)`\s*\|([^\n]*)$", re.M)
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def dotted_keys(d: dict, prefix: str = "") -> list[str]:
+    """Every key of the schema as a dotted path, sections included (`model`, `model.head`)."""
+    keys = []
+    for k, v in d.items():
+        keys.append(prefix + k)
+        if isinstance(v, dict):
+            keys += dotted_keys(v, f"{prefix}{k}.")
+    return keys
+
+
+def schema_value(key: str):
+    node = DEFAULTS
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def prose(text: str) -> str:
+    """The page without its fenced code blocks (whose `# comments` are not headings)."""
+    return FENCE.sub("", text)
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's heading ids: lower case, punctuation dropped, spaces to hyphens, -N for repeats."""
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in HEADING.findall(prose(page.read_text())):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def test_every_config_key_is_in_configs_md():
+    text = CONFIGS_MD.read_text()
+    missing = [k for k in dotted_keys(DEFAULTS) if f"`{k}`" not in text]
+    assert not missing, f"{rel(CONFIGS_MD)} does not mention these config keys: {missing}"
+
+
+def test_configs_md_defaults_match_the_schema():
+    """Rows `| `key` | type | `default` | meaning |` of the reference tables."""
+    keys = set(dotted_keys(DEFAULTS))
+    wrong = []
+    for key, rest in TABLE_ROW.findall(CONFIGS_MD.read_text()):
+        cells = [c.strip() for c in rest.split("|")]
+        if key not in keys or len(cells) < 3 or isinstance(schema_value(key), dict):
+            continue
+        documented = yaml.safe_load(cells[1].strip("`"))
+        if documented != schema_value(key):
+            wrong.append(f"{key}: documented {cells[1]}, default {schema_value(key)!r}")
+    assert not wrong, f"{rel(CONFIGS_MD)} gives wrong defaults:\n" + "\n".join(wrong)
+
+
+def test_relative_links_point_to_existing_files():
+    broken = []
+    for page in PAGES:
+        for target in LINK.findall(prose(page.read_text())):
+            if SCHEME.match(target):
+                continue  # http(s), mailto
+            path_part, _, fragment = target.partition("#")
+            dest = (page.parent / path_part).resolve() if path_part else page
+            if not dest.exists():
+                broken.append(f"{rel(page)}: {target} (no such file)")
+            elif fragment and dest.suffix == ".md" and fragment not in anchors(dest):
+                broken.append(f"{rel(page)}: {target} (no heading #{fragment})")
+    assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+def test_config_paths_exist():
+    missing = []
+    for page in PAGES:
+        for path in sorted(set(CONFIG_PATH.findall(page.read_text()))):
+            if Path(path).name.startswith("my"):
+                continue  # the reader's own config in an example
+            found = list(ROOT.glob(path)) if "*" in path else (ROOT / path).is_file()
+            if not found:
+                missing.append(f"{rel(page)}: {path}")
+    assert not missing, "config files named in the docs do not exist:\n" + "\n".join(missing)

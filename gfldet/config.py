@@ -294,6 +294,13 @@ def check_model_options(cfg: dict, origin: dict[str, Path | str] | None = None) 
             f"{at('model.head.quality')} is {quality!r}: the separate and guided quality "
             "representations use model.loss.cls focal"
         )
+    n = len(h["strides"])
+    if n < 3 or list(h["strides"]) != [8 * 2**i for i in range(n)]:
+        raise ConfigError(
+            f"{at('model.head.strides')} must be the strides of the FPN's outputs P3, P4, P5 "
+            f"and any extra levels, 8 doubling per level (e.g. [8, 16, 32, 64, 128]); "
+            f"got {h['strides']}"
+        )
     if h["reg_max"] < 1:
         raise ConfigError(f"{at('model.head.reg_max')} must be >= 1, got {h['reg_max']}")
     if not h["bin_width"] > 0:

@@ -430,7 +430,8 @@ def bench_atss(sz: Sizes, repeats: int, warmup: int, out: dict) -> None:
     if not torch.equal(batched(), batched_all_pairs()):
         raise RuntimeError("atss: the grid search and the all-pairs search differ")
     fns = {"batched": batched, "loop": loop, "batched_all_pairs": batched_all_pairs}
-    times = measure(fns, repeats, warmup)
+    # Milliseconds each, so more repeats cost little and steady the median.
+    times = measure(fns, max(repeats, 15), warmup)
     m = {k: med(v) for k, v in times.items()}
     out["times"]["atss"] = times
     out["medians"]["atss"] = m

@@ -454,3 +454,9 @@ def test_model_options_are_checked_for_configs_made_in_code():
 def test_out_of_range_integers_name_the_key_and_the_minimum(item, minimum):
     with pytest.raises(ConfigError, match=rf"--set: '{item.split('=')[0]}' must be >= {minimum}"):
         load_config(ROOT / "configs" / "shapes_demo.yaml", [item])
+
+
+def test_strides_must_be_the_pyramids():
+    with pytest.raises(ConfigError, match=r"model.head.strides.*\[8, 16, 24, 64, 128\]"):
+        load_config(ROOT / "configs" / "shapes_demo.yaml", ["model.head.strides=[8,16,24,64,128]"])
+    assert load_config(ROOT / "configs" / "shapes_demo.yaml", ["model.head.strides=[8,16,32,64]"])

@@ -301,7 +301,9 @@ def write_shapes_dataset(out_dir: str | Path, num_train: int = 2000, num_val: in
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: generate (or reuse) the dataset and print a one-line summary."""
-    p = argparse.ArgumentParser(description="Generate the synthetic COCO-format shapes dataset.")
+    p = argparse.ArgumentParser(
+        prog="gfldet data synth", description="Generate the synthetic COCO-format shapes dataset."
+    )
     p.add_argument("--out", default="data/shapes", help="output directory")
     names = ("num_train", "num_val", "img_size", "seed", "min_size", "max_size", "max_objects")
     for name, default in zip(names, write_shapes_dataset.__defaults__ or ()):

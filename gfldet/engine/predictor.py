@@ -88,8 +88,9 @@ class Predictor:
         batch, targets = collate_batch(samples, self.size_divisor)
         dets = self.model.predict(batch.to(self.device), targets)
         for d in dets:
-            for k in ("boxes", "scores", "labels"):
-                d[k] = d[k].cpu()
+            for k in ("boxes", "scores", "labels", "dists", "strides"):
+                if k in d:
+                    d[k] = d[k].cpu()
             d["category_ids"] = torch.tensor([self.cat_ids[i] for i in d["labels"].tolist()])
             d["names"] = [self.class_names[i] for i in d["labels"].tolist()]
         return dets

@@ -70,14 +70,12 @@ def atss_assign(
         cand_idx = _nearest_candidates(centers, num_level_anchors, gt_centers, topk)  # [K, BG]
 
     k = cand_idx.shape[0]
-    cand_ious = aligned_box_iou(
-        anchors[cand_idx].reshape(-1, 4), gts.expand(k, -1, -1).reshape(-1, 4)
-    ).view(k, b * g)
+    cand_ious = aligned_box_iou(anchors[cand_idx], gts)  # [K, BG]
     # Unbiased std, as the reference; a single candidate has no spread.
     spread = cand_ious.std(0) if k > 1 else torch.zeros_like(cand_ious[0])
     thr = cand_ious.mean(0) + spread
     c = centers[cand_idx]  # [K, BG, 2]
-    inside = torch.cat([c - gts[None, :, :2], gts[None, :, 2:] - c], dim=-1).amin(-1) > 0.01
+    inside = torch.minimum(c - gts[:, :2], gts[:, 2:] - c).amin(-1) > 0.01
     is_pos = (cand_ious >= thr[None]) & inside & gt_valid.reshape(1, b * g)
 
     # Step 5 over (image, anchor) slots. A positive's IoU is > 0 (its anchor's centre lies
@@ -88,9 +86,13 @@ def atss_assign(
     best = cand_ious.new_zeros(b * num_anchors).scatter_reduce_(0, slot, val, "amax")
     gt_index = torch.arange(g, device=dev).repeat(b).expand(k, -1).reshape(-1)
     wins = is_pos.reshape(-1) & (val == best[slot])
-    assigned = torch.full((b * num_anchors,), g, dtype=torch.long, device=dev)
-    assigned.scatter_reduce_(0, slot, torch.where(wins, gt_index, g), "amin")
-    assigned = assigned.masked_fill_(assigned == g, -1).view(b, num_anchors)
+    # The lowest gt index among a slot's winners; the other pairs go to one spare slot at the
+    # end, so slots without a winner keep -1 (include_self=False ignores that initial value).
+    spare = b * num_anchors
+    assigned = torch.full((spare + 1,), -1, dtype=torch.long, device=dev)
+    to = torch.where(wins, slot, spare)
+    assigned.scatter_reduce_(0, to, gt_index, "amin", include_self=False)
+    assigned = assigned[:spare].view(b, num_anchors)
     best = best.view(b, num_anchors)
     return (assigned[0], best[0]) if single else (assigned, best)
 
@@ -133,10 +135,16 @@ def _grid_candidates(
         first = ((gt_centers - origin) / step).round().long() - half  # [G, 2]
         cols = first[:, 0].clamp(0, w - ww)[:, None] + torch.arange(ww, device=dev)  # [G, ww]
         rows = first[:, 1].clamp(0, h - wh)[:, None] + torch.arange(wh, device=dev)  # [G, wh]
-        # Row-major within the window, so a stable sort keeps the lower anchor index on ties.
-        idx = (start + rows[:, :, None] * w + cols[:, None, :]).flatten(1)  # [G, wh * ww]
-        d2 = (centers[idx] - gt_centers[:, None]).square().sum(-1)  # [G, wh * ww]
-        near = d2.sort(dim=1, stable=True).indices[:, : min(topk, h * w)]
-        cand.append(idx.gather(1, near))
+        # On a grid x depends on the column only and y on the row only.
+        dx2 = (centers[start + cols, 0] - gt_centers[:, :1]).square()  # [G, ww]
+        dy2 = (centers[start + rows * w, 1] - gt_centers[:, 1:]).square()  # [G, wh]
+        d2 = (dx2[:, None, :] + dy2[:, :, None]).flatten(1)  # [G, wh * ww], row-major
+        # Sort by (distance, position in the window) exactly: the bits of a float >= 0 order
+        # as the float does, and the window is row-major, so position order is index order.
+        pos = torch.arange(wh * ww, device=dev)
+        key = d2.view(torch.int32).long() * (wh * ww) + pos
+        near = key.topk(min(topk, h * w), dim=1, largest=False).indices  # sorted
+        idx = start + rows.gather(1, near // ww) * w + cols.gather(1, near % ww)
+        cand.append(idx)
         start += h * w
     return torch.cat(cand, 1).t()

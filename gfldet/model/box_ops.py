@@ -43,12 +43,13 @@ def centerness(points: Tensor, boxes: Tensor, eps: float = 1e-12) -> Tensor:
 
 
 def aligned_box_iou(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
-    """IoU of each box in a [N, 4] with the box at the same index in b [N, 4] -> [N]."""
-    lt = torch.maximum(a[:, :2], b[:, :2])
-    rb = torch.minimum(a[:, 2:], b[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=1)
-    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(dim=1)
-    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(dim=1)
+    """IoU of each box in a [N, 4] with the box at the same index in b [N, 4] -> [N]
+    (any shapes [..., 4] that broadcast)."""
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=-1)
+    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(dim=-1)
+    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(dim=-1)
     return inter / (area_a + area_b - inter).clamp(min=eps)
 
 

@@ -97,7 +97,7 @@ class GFL(nn.Module):
         self.test_cfg = copy.deepcopy(DEFAULTS["model"]["test"])
         self.test_cfg.update(test_cfg or {})
         head_cfg = {"quality": head.quality, "box": head.box, "reg_max": head.reg_max,
-                    "bin_width": self.bin_width}  # fmt: skip
+                    "bin_width": self.bin_width, "strides": self.strides}  # fmt: skip
         check_model_options({"model": {"head": head_cfg, "loss": self.loss_cfg}})
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)

@@ -204,3 +204,12 @@ def test_grid_shapes_must_match_the_anchor_counts():
     anchors, num_level, sizes = make_anchors([(4, 4), (2, 2)], [8, 16])
     with pytest.raises(ValueError, match="level_shapes"):
         atss_assign(anchors, num_level, torch.tensor([[0.0, 0, 9, 9]]), None, 9, [(4, 4), (2, 3)])
+
+
+def test_grid_search_in_float64_matches_float32():
+    anchors, num_level, sizes = make_anchors([(8, 8), (4, 4), (2, 2)], [8, 16, 32])
+    gts = random_gts(torch.Generator().manual_seed(5), 6, 64.0).clamp(max=64.0)
+    a32, i32 = atss_assign(anchors, num_level, gts, None, 9, sizes)
+    a64, i64 = atss_assign(anchors.double(), num_level, gts.double(), None, 9, sizes)
+    assert torch.equal(a32, a64) and (a32 >= 0).any()
+    torch.testing.assert_close(i64.float(), i32)

@@ -141,9 +141,13 @@ def _grid_candidates(
         d2 = (dx2[:, None, :] + dy2[:, :, None]).flatten(1)  # [G, wh * ww], row-major
         # Sort by (distance, position in the window) exactly: the bits of a float >= 0 order
         # as the float does, and the window is row-major, so position order is index order.
-        pos = torch.arange(wh * ww, device=dev)
-        key = d2.view(torch.int32).long() * (wh * ww) + pos
-        near = key.topk(min(topk, h * w), dim=1, largest=False).indices  # sorted
+        k = min(topk, h * w)
+        if d2.dtype == torch.float32:
+            pos = torch.arange(wh * ww, device=dev)
+            key = d2.view(torch.int32).long() * (wh * ww) + pos
+            near = key.topk(k, dim=1, largest=False).indices  # sorted
+        else:  # other float widths: a stable sort gives the same order, a little slower
+            near = d2.sort(dim=1, stable=True).indices[:, :k]
         idx = start + rows.gather(1, near // ww) * w + cols.gather(1, near % ww)
         cand.append(idx)
         start += h * w

@@ -73,12 +73,7 @@ sys.exit(main(["train", "--config", config, "--set", *sets, f"work_dir={out / 'r
 """.replace("{seed}", str(AUG_SEED))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_sets(paths: dict, work: Path) -> list[str]:

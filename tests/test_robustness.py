@@ -16,7 +16,6 @@ import torch
 from gfldet.cli import main
 from gfldet.data import coco
 from gfldet.data.coco import BadImageError, CocoDetection, load_image
-from gfldet.data.synth import write_shapes_dataset
 from gfldet.data.transforms import TestTransform, collate_batch
 from gfldet.engine.trainer import train
 
@@ -25,12 +24,7 @@ DEMO = str(REPO / "configs" / "shapes_demo.yaml")
 CATS = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -240,12 +234,6 @@ def test_boxes_outside_the_image_are_clipped_or_dropped_and_counted(tmp_path, wa
     with pytest.raises(ValueError, match=r"b.json: no image has a usable box .*3 boxes dropped"):
         CocoDetection(only_bad, tmp_path, identity, train=True)
 
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("shapes")
-    return write_shapes_dataset(root, num_train=8, num_val=3, img_size=64, max_size=40,
-                                max_objects=3)  # fmt: skip
 
 
 def tiny_sets(paths: dict, work: Path, *extra: str) -> list[str]:

@@ -18,7 +18,6 @@ import torch
 
 from gfldet.cli import main
 from gfldet.config import load_config
-from gfldet.data.synth import write_shapes_dataset
 from gfldet.engine.checkpoint import (
     link_checkpoint,
     load_checkpoint,
@@ -33,12 +32,6 @@ from gfldet.engine.trainer import Trainer, TrainingInterrupted, train, unwrap
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "shapes_demo.yaml")
 
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("shapes")
-    return write_shapes_dataset(root, num_train=8, num_val=3, img_size=64, max_size=40,
-                                max_objects=3)  # fmt: skip
 
 
 def tiny_sets(paths: dict, work: Path, *extra: str) -> list[str]:
@@ -65,13 +58,7 @@ def log_records(work: Path) -> list[dict]:
     return [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

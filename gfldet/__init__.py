@@ -1,9 +1,9 @@
 """gfldet: a Generalized Focal Loss object detector.
 
-    cfg = gfldet.load_config("configs/shapes_demo.yaml", overrides=["train.epochs=2"])
-    model = gfldet.build_model(cfg)              # needs model.num_classes set
-    predictor = gfldet.Predictor(cfg, "work_dirs/shapes_demo/latest.pth")
-    detections = predictor(["image.jpg"])      # boxes, scores, labels, category_ids, names
+cfg = gfldet.load_config("configs/shapes_demo.yaml", overrides=["train.epochs=2"])
+model = gfldet.build_model(cfg)              # needs model.num_classes set
+predictor = gfldet.Predictor(cfg, "work_dirs/shapes_demo/latest.pth")
+detections = predictor(["image.jpg"])      # boxes, scores, labels, category_ids, names
 """
 
 from __future__ import annotations

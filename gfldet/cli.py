@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .config import ConfigError, load_config
 
 ARCH_KEYS = ("backbone", "fpn", "head")  # the parts of a converted checkpoint's meta to print
@@ -25,7 +27,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
     overrides = list(a.set) + ([f"work_dir={a.work_dir}"] if a.work_dir else [])
     cfg = load_config(a.config, overrides)
-    train(cfg, resume=a.resume if a.resume is not None else False)
+    train(cfg, resume=a.resume if a.resume is not None else False, overwrite=a.overwrite)
     return 0
 
 
@@ -68,61 +70,32 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
 
 def _cmd_infer(a: argparse.Namespace) -> int:
-    import cv2
-
-    from .data.coco import load_image
-    from .data.transforms import rescale_size
+    from .engine.infer import infer_images
     from .engine.predictor import Predictor
-    from .engine.uncertainty import edge_uncertainty
-    from .engine.visualize import (
-        draw_detections,
-        expand_inputs,
-        prediction_record,
-        write_predictions_json,
-    )
+    from .engine.visualize import expand_inputs
 
+    if not (math.isfinite(a.score_thr) and 0 <= a.score_thr <= 1):
+        raise ValueError(f"--score-thr must be a number in [0, 1], got {a.score_thr}")
     # `--set k=v img.jpg`: argparse gives the image to --set; move it back to the inputs.
     inputs = a.inputs + [s for s in a.set if "=" not in s]
     if not inputs:
         raise ValueError("infer: give at least one image file, folder or glob")
     cfg = load_config(a.config, [s for s in a.set if "=" in s])
-    files = expand_inputs(inputs)
     out_dir = Path(a.out_dir)
+    files = expand_inputs(inputs, exclude=out_dir)
     _check_writable(out_dir)
     predictor = Predictor(cfg, a.checkpoint, cfg["device"])
-    model = predictor.model
-    if a.show_uncertainty and model.head.box != "general":
+    box = predictor.model.head.box
+    if a.show_uncertainty and box != "general":
         raise ValueError(
             f"--show-uncertainty needs edge distributions (model.head.box: general); "
-            f"this model's box representation is {model.head.box!r}"
+            f"this model's box representation is {box!r}"
         )
-    records, used = [], set()
-    for path in files:
-        rgb = load_image(path)
-        det = predictor([rgb])[0]
-        if "dists" in det:
-            # Spreads in pixels of the original image, as the boxes.
-            scale = rescale_size(rgb.shape[1], rgb.shape[0], predictor.transform.img_scale)
-            det.update(
-                edge_uncertainty(det["dists"], det["strides"], model.bin_width, scale[2:])
-            )
-        records.append(
-            prediction_record(path, rgb.shape, det, predictor.cat_ids,
-                              predictor.class_names, a.score_thr)
-        )  # fmt: skip
-        drawn = draw_detections(
-            rgb[:, :, ::-1], det["boxes"], det["scores"], det["labels"],
-            predictor.class_names, a.score_thr,
-            edge_std=det.get("edge_std") if a.show_uncertainty else None,
-        )  # fmt: skip
-        name = path.stem
-        while name in used:  # same file name in two folders
-            name += "_"
-        used.add(name)
-        cv2.imwrite(str(out_dir / f"{name}.jpg"), drawn)
-    write_predictions_json(records, out_dir / "predictions.json")
-    n = sum(len(r["detections"]) for r in records)
-    print(f"{len(files)} images, {n} detections (score >= {a.score_thr}) -> {out_dir}")
+    s = infer_images(predictor, files, out_dir, a.score_thr, a.show_uncertainty,
+                     cfg["data"]["skip_bad_images"])  # fmt: skip
+    skipped = f", {s['skipped']} skipped as unreadable" if s["skipped"] else ""
+    print(f"{s['images']} images{skipped}, {s['detections']} detections "
+          f"(score >= {a.score_thr}) -> {out_dir}")  # fmt: skip
     return 0
 
 
@@ -130,8 +103,17 @@ def _cmd_export(a: argparse.Namespace) -> int:
     import torch
 
     from .engine.predictor import load_trained_model
-    from .export import check_onnx, default_img_size, export_onnx
+    from .export import check_onnx, default_img_size, export_onnx, onnx_opset_range
 
+    lo, hi = onnx_opset_range()
+    if not lo <= a.opset <= hi:
+        raise ValueError(
+            f"--opset {a.opset}: torch {torch.__version__} exports ONNX opsets {lo} to {hi}"
+        )
+    out_path = Path(a.out)
+    if out_path.is_dir():
+        raise IsADirectoryError(f"--out {out_path} is a folder: name the .onnx file to write")
+    _check_writable(out_path.parent, "--out")
     cfg = load_config(a.config, a.set)
     model, _ = load_trained_model(cfg, a.checkpoint, torch.device("cpu"))
     img_size = tuple(a.img_size) if a.img_size else default_img_size(cfg)
@@ -161,12 +143,14 @@ def _cmd_convert_mmdet(a: argparse.Namespace) -> int:
 
     if a.set and not a.config:
         raise ValueError("convert-mmdet: --set overrides a --config; give --config too")
-    _check_writable(Path(a.output).resolve().parent)
+    _check_writable(Path(a.output).resolve().parent, "OUTPUT")
     state = convert_mmdet(a.input, a.ann_file)
     meta = state["meta"]
     arch = ", ".join(f"{k} {v}" for k, v in meta.items() if k.split(".")[0] in ARCH_KEYS)
-    print(f"{a.input}: {len(state['model'])} tensors, {len(state['classes'])} classes "
-          f"({', '.join(state['classes'][:3])}, ...); {arch}, bin width {meta['bin_width']}")
+    print(
+        f"{a.input}: {len(state['model'])} tensors, {len(state['classes'])} classes "
+        f"({', '.join(state['classes'][:3])}, ...); {arch}, bin width {meta['bin_width']}"
+    )
     if a.config:
         from .engine.trainer import resolve_num_classes
         from .model.detector import build_model
@@ -199,17 +183,21 @@ def _cmd_synth(a: argparse.Namespace) -> int:
     return synth_main([x for x in a.args if x != "--"])
 
 
-def _check_writable(out_dir: Path) -> None:
+def _check_writable(out_dir: Path, option: str = "--out-dir") -> None:
+    """Creates `out_dir` (the folder of `option`'s output) or raises a one-line error."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise PermissionError(f"cannot create output folder {out_dir}: {e.strerror}") from None
+        raise PermissionError(
+            f"{option}: cannot create output folder {out_dir}: {e.strerror}"
+        ) from None
     if not os.access(out_dir, os.W_OK):
-        raise PermissionError(f"output folder is not writable: {out_dir}")
+        raise PermissionError(f"{option}: output folder is not writable: {out_dir}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gfldet", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"gfldet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a detector")
@@ -218,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", nargs="?", const=True, default=None, metavar="PTH",
         help="resume from PTH, or from WORK_DIR/latest.pth when no path is given",
+    )  # fmt: skip
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="start a new run in a work dir that holds one: its files are moved to "
+        "WORK_DIR/previous/<time>/ first (without it, such a work dir is refused)",
     )  # fmt: skip
     p.set_defaults(func=_cmd_train)
 

@@ -69,6 +69,16 @@ class DecodedGFL(nn.Module):
         return boxes, scores
 
 
+def onnx_opset_range() -> tuple[int, int]:
+    """The ONNX opsets this torch's (TorchScript-based) exporter writes, (lowest, highest)."""
+    try:  # a private module, but the only place torch states its range
+        from torch.onnx import _constants as c
+
+        return c.ONNX_MIN_OPSET, c.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    except (ImportError, AttributeError):
+        return 7, 17  # what every torch since 1.13 writes
+
+
 def export_onnx(
     model: GFL,
     out: str | Path,

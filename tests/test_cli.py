@@ -19,17 +19,29 @@ DEMO = str(REPO / "configs" / "shapes_demo.yaml")
 def tiny(tmp_path_factory):
     """A tiny shapes dataset and the --set items that point a small model at it."""
     root = tmp_path_factory.mktemp("e2e")
-    paths = write_shapes_dataset(root / "shapes", num_train=8, num_val=4, img_size=96,
-                                 max_size=48, max_objects=4)
+    paths = write_shapes_dataset(
+        root / "shapes", num_train=8, num_val=4, img_size=96, max_size=48, max_objects=4
+    )
     sets = [
-        f"data.train.ann_file={paths['train_ann']}", f"data.train.img_dir={paths['train_img_dir']}",
-        f"data.val.ann_file={paths['val_ann']}", f"data.val.img_dir={paths['val_img_dir']}",
-        "data.train.img_scale=[96,96]", "data.val.img_scale=[96,96]",
-        "data.train.batch_size=2", "data.train.num_workers=0", "data.val.num_workers=0",
-        "model.backbone.base_width=8", "model.fpn.out_channels=16", "model.head.feat_channels=16",
-        "model.head.stacked_convs=1", "model.head.num_groups=4",
+        f"data.train.ann_file={paths['train_ann']}",
+        f"data.train.img_dir={paths['train_img_dir']}",
+        f"data.val.ann_file={paths['val_ann']}",
+        f"data.val.img_dir={paths['val_img_dir']}",
+        "data.train.img_scale=[96,96]",
+        "data.val.img_scale=[96,96]",
+        "data.train.batch_size=2",
+        "data.train.num_workers=0",
+        "data.val.num_workers=0",
+        "model.backbone.base_width=8",
+        "model.fpn.out_channels=16",
+        "model.head.feat_channels=16",
+        "model.head.stacked_convs=1",
+        "model.head.num_groups=4",
         "model.test.score_thr=0.001",  # an untrained model scores ~0.01: keep its detections
-        "train.epochs=2", "train.max_iters=3", "train.log_interval=1", "train.warmup_iters=2",
+        "train.epochs=2",
+        "train.max_iters=3",
+        "train.log_interval=1",
+        "train.warmup_iters=2",
     ]
     return root, paths, sets
 
@@ -38,8 +50,15 @@ def test_train_eval_infer(tiny, capsys):
     root, paths, sets = tiny
     work = root / "work"
     assert main(["train", "--config", DEMO, "--work-dir", str(work), "--set", *sets]) == 0
-    for name in ("latest.pth", "epoch_1.pth", "config.yaml", "log.jsonl", "train.log",
-                 "metrics.json", "detections.json"):
+    for name in (
+        "latest.pth",
+        "epoch_1.pth",
+        "config.yaml",
+        "log.jsonl",
+        "train.log",
+        "metrics.json",
+        "detections.json",
+    ):
         assert (work / name).is_file(), name
     records = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
@@ -52,8 +71,12 @@ def test_train_eval_infer(tiny, capsys):
 
     out = root / "eval"
     ckpt = str(work / "latest.pth")
-    assert main(["eval", "--config", DEMO, "--checkpoint", ckpt, "--out-dir", str(out),
-                 "--set", *sets]) == 0
+    assert (
+        main(
+            ["eval", "--config", DEMO, "--checkpoint", ckpt, "--out-dir", str(out), "--set", *sets]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert all(v is None or 0.0 <= v <= 1.0 for k, v in metrics.items() if k.startswith("AP"))
@@ -69,8 +92,26 @@ def test_train_eval_infer(tiny, capsys):
 
     infer_out = root / "infer"
     pattern = str(paths["val_img_dir"] / "*.jpg")
-    assert main(["infer", "--config", DEMO, "--checkpoint", ckpt, pattern, "--out-dir",
-                 str(infer_out), "--score-thr", "0.0", "--show-uncertainty", "--set", *sets]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                "--config",
+                DEMO,
+                "--checkpoint",
+                ckpt,
+                pattern,
+                "--out-dir",
+                str(infer_out),
+                "--score-thr",
+                "0.0",
+                "--show-uncertainty",
+                "--set",
+                *sets,
+            ]
+        )
+        == 0
+    )
     preds = json.loads((infer_out / "predictions.json").read_text())
     assert len(preds) == 4 and {p["width"] for p in preds} == {96}
     assert sum(len(p["detections"]) for p in preds) > 0
@@ -86,8 +127,22 @@ def test_train_eval_infer(tiny, capsys):
             assert all(2 / 17 - 1e-3 <= v <= 1 + 1e-3 for v in d["edge_top2"])
 
     # Resuming a finished run trains nothing more and keeps the iteration count.
-    assert main(["train", "--config", DEMO, "--work-dir", str(work), "--resume", "--set",
-                 *sets[:-3], "train.epochs=1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                DEMO,
+                "--work-dir",
+                str(work),
+                "--resume",
+                "--set",
+                *sets[:-3],
+                "train.epochs=1",
+            ]
+        )
+        == 0
+    )
     assert torch.load(work / "latest.pth", weights_only=True)["iter"] == 3
 
 
@@ -102,16 +157,22 @@ def test_cli_errors_are_one_line(tiny, tmp_path, capsys):
     assert main(["train", "--config", DEMO, "--set", "train.epochs=many"]) == 2
     assert "train.epochs" in capsys.readouterr().err
 
-    assert main(["eval", "--config", DEMO, "--checkpoint", str(tmp_path / "none.pth"),
-                 "--set", *sets]) == 2
+    assert (
+        main(["eval", "--config", DEMO, "--checkpoint", str(tmp_path / "none.pth"), "--set", *sets])
+        == 2
+    )
     assert "none.pth" in capsys.readouterr().err
 
-    assert main(["infer", "--config", DEMO, "--checkpoint", "x.pth",
-                 str(tmp_path / "*.png")]) == 2
+    assert main(["infer", "--config", DEMO, "--checkpoint", "x.pth", str(tmp_path / "*.png")]) == 2
     assert "no images matched" in capsys.readouterr().err
 
 
 def test_python_dash_m_entry_point():
-    out = subprocess.run([sys.executable, "-m", "gfldet", "--help"], capture_output=True,
-                         text=True, cwd=REPO, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "gfldet", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
     assert "train" in out.stdout and "infer" in out.stdout

@@ -38,12 +38,19 @@ GT = [  # (image_id, category_id, [x, y, w, h])
 @pytest.fixture
 def coco_gt(tmp_path) -> COCO:
     data = {
-        "images": [{"id": i, "width": 200, "height": 200, "file_name": f"{i}.jpg"}
-                   for i in (1, 2, 3)],
+        "images": [
+            {"id": i, "width": 200, "height": 200, "file_name": f"{i}.jpg"} for i in (1, 2, 3)
+        ],
         "categories": [{"id": c, "name": n} for c, n in zip(CAT_IDS, NAMES, strict=True)],
         "annotations": [
-            {"id": k + 1, "image_id": img, "category_id": cat, "bbox": box,
-             "area": box[2] * box[3], "iscrowd": 0}
+            {
+                "id": k + 1,
+                "image_id": img,
+                "category_id": cat,
+                "bbox": box,
+                "area": box[2] * box[3],
+                "iscrowd": 0,
+            }
             for k, (img, cat, box) in enumerate(GT)
         ],
     }
@@ -54,24 +61,35 @@ def coco_gt(tmp_path) -> COCO:
 
 def _results(shift_frac: float = 0.0) -> list[dict]:
     # Shifting a box right by w/4 gives IoU = 0.75 / 1.25 = 0.6 with its gt.
-    return [{"image_id": img, "category_id": cat, "score": 1.0,
-             "bbox": [box[0] + shift_frac * box[2], box[1], box[2], box[3]]}
-            for img, cat, box in GT]
+    return [
+        {
+            "image_id": img,
+            "category_id": cat,
+            "score": 1.0,
+            "bbox": [box[0] + shift_frac * box[2], box[1], box[2], box[3]],
+        }
+        for img, cat, box in GT
+    ]
 
 
 def test_perfect_detections(coco_gt, tmp_path, capsys):
     m = coco_evaluate(coco_gt, _results(), NAMES, CAT_IDS, tmp_path / "out")
     assert m["AP"] == pytest.approx(1.0, abs=1e-6)
     assert m["AP50"] == pytest.approx(1.0, abs=1e-6)
-    assert m["per_class"]["cat"] == {"AP": pytest.approx(1.0), "AP50": pytest.approx(1.0),
-                                     "recall": pytest.approx(1.0), "num_gt": 2, "num_det": 2}
+    assert m["per_class"]["cat"] == {
+        "AP": pytest.approx(1.0),
+        "AP50": pytest.approx(1.0),
+        "recall": pytest.approx(1.0),
+        "num_gt": 2,
+        "num_det": 2,
+    }
     assert m["per_class"]["dog"]["num_gt"] == 2
     assert math.isnan(m["per_class"]["bird"]["AP"]) and m["per_class"]["bird"]["num_gt"] == 0
     assert all(isinstance(m[k], float) for k in ("AP", "AP75", "AR100"))
 
     out = capsys.readouterr().out
     assert "Average Precision" in out
-    table = out[out.index("num_gt"):]
+    table = out[out.index("num_gt") :]
     assert all(n in table for n in NAMES)
     bird_line = next(line for line in table.splitlines() if line.startswith("bird"))
     assert "-" in bird_line
@@ -111,15 +129,32 @@ def test_img_ids_restrict_evaluation(coco_gt):
 
 
 def test_detections_to_coco_maps_ids_and_xywh():
-    det = {"boxes": torch.tensor([[10.0, 20.0, 50.0, 80.0], [0.0, 0.0, 1.234, 2.0]]),
-           "scores": torch.tensor([0.9, 0.5]), "labels": torch.tensor([2, 0])}
+    det = {
+        "boxes": torch.tensor([[10.0, 20.0, 50.0, 80.0], [0.0, 0.0, 1.234, 2.0]]),
+        "scores": torch.tensor([0.9, 0.5]),
+        "labels": torch.tensor([2, 0]),
+    }
     out = detections_to_coco(7, det, CAT_IDS)
     assert [r["category_id"] for r in out] == [9, 2]
-    assert out[0] == {"image_id": 7, "category_id": 9, "bbox": [10.0, 20.0, 40.0, 60.0],
-                      "score": pytest.approx(0.9)}
+    assert out[0] == {
+        "image_id": 7,
+        "category_id": 9,
+        "bbox": [10.0, 20.0, 40.0, 60.0],
+        "score": pytest.approx(0.9),
+    }
     assert out[1]["bbox"] == [0.0, 0.0, 1.23, 2.0]
-    assert detections_to_coco(7, {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
-                                  "labels": torch.zeros(0, dtype=torch.long)}, CAT_IDS) == []
+    assert (
+        detections_to_coco(
+            7,
+            {
+                "boxes": torch.zeros(0, 4),
+                "scores": torch.zeros(0),
+                "labels": torch.zeros(0, dtype=torch.long),
+            },
+            CAT_IDS,
+        )
+        == []
+    )
 
 
 class FakeModel(torch.nn.Module):
@@ -131,8 +166,13 @@ class FakeModel(torch.nn.Module):
         for t in targets:
             rows = [(CAT_IDS.index(c), b) for i, c, b in GT if i == t["image_id"]]
             boxes = torch.tensor([[x, y, x + w, y + h] for _, (x, y, w, h) in rows])
-            outs.append({"boxes": boxes.reshape(-1, 4), "scores": torch.ones(len(rows)),
-                         "labels": torch.tensor([lbl for lbl, _ in rows], dtype=torch.long)})
+            outs.append(
+                {
+                    "boxes": boxes.reshape(-1, 4),
+                    "scores": torch.ones(len(rows)),
+                    "labels": torch.tensor([lbl for lbl, _ in rows], dtype=torch.long),
+                }
+            )
         return outs
 
 
@@ -147,7 +187,8 @@ def test_predict_dataset_fake_model(coco_gt):
     assert model.training  # train mode restored
     assert sorted(r["image_id"] for r in results) == [1, 1, 2, 3]
     assert sorted((r["image_id"], r["category_id"], r["bbox"]) for r in results) == sorted(
-        (img, cat, box) for img, cat, box in GT)
+        (img, cat, box) for img, cat, box in GT
+    )
     m = coco_evaluate(coco_gt, results, NAMES, CAT_IDS, None)
     assert m["AP"] == pytest.approx(1.0, abs=1e-6)
 
@@ -175,8 +216,14 @@ def test_expand_inputs(tmp_path):
 def test_draw_detections():
     img = np.full((120, 160, 3), 127, np.uint8)
     before = img.copy()
-    out = draw_detections(img, torch.tensor([[10.0, 5.0, 80.0, 60.0], [0.0, 0.0, 5.0, 5.0]]),
-                          np.array([0.87, 0.1]), [2, 0], NAMES, score_thr=0.3)
+    out = draw_detections(
+        img,
+        torch.tensor([[10.0, 5.0, 80.0, 60.0], [0.0, 0.0, 5.0, 5.0]]),
+        np.array([0.87, 0.1]),
+        [2, 0],
+        NAMES,
+        score_thr=0.3,
+    )
     assert out.shape == img.shape and out.dtype == np.uint8
     assert np.array_equal(img, before)
     assert not np.array_equal(out, img)
@@ -186,12 +233,21 @@ def test_draw_detections():
 
 
 def test_prediction_record_json(tmp_path):
-    det = {"boxes": torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]),
-           "scores": torch.tensor([0.9, 0.2]), "labels": torch.tensor([2, 0])}
+    det = {
+        "boxes": torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]),
+        "scores": torch.tensor([0.9, 0.2]),
+        "labels": torch.tensor([2, 0]),
+    }
     rec = prediction_record("x.jpg", (48, 64, 3), det, CAT_IDS, NAMES, score_thr=0.5)
     assert rec["width"] == 64 and rec["height"] == 48
-    assert rec["detections"] == [{"bbox_xyxy": [1.0, 2.0, 3.0, 4.0], "score": pytest.approx(0.9),
-                                  "category_id": 9, "category_name": "dog"}]
+    assert rec["detections"] == [
+        {
+            "bbox_xyxy": [1.0, 2.0, 3.0, 4.0],
+            "score": pytest.approx(0.9),
+            "category_id": 9,
+            "category_name": "dog",
+        }
+    ]
     write_predictions_json([rec], tmp_path / "p.json")
     assert json.loads((tmp_path / "p.json").read_text())[0]["file"] == "x.jpg"
 
@@ -244,9 +300,13 @@ def test_pr_curves_one_file_per_group_of_ten(tmp_path):
     path.write_text(json.dumps({"images": [{"id": 1, "width": 80, "height": 20}],
                                 "categories": cats, "annotations": anns}))  # fmt: skip
     (tmp_path / "pr_curves_7.png").write_bytes(b"stale")
-    res = [{"image_id": 1, "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.5}
-           for a in anns]
+    res = [
+        {"image_id": 1, "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.5}
+        for a in anns
+    ]
     evaluator.coco_evaluate(COCO(str(path)), res, [c["name"] for c in cats], list(range(1, 13)),
                             tmp_path)  # fmt: skip
     assert sorted(p.name for p in tmp_path.glob("pr_curves_*.png")) == [
-        "pr_curves_1.png", "pr_curves_2.png"]
+        "pr_curves_1.png",
+        "pr_curves_2.png",
+    ]

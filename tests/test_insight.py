@@ -73,8 +73,19 @@ def _write_log(path, lines):
 
 
 def test_training_curves_from_log(tmp_path):
-    lines = [{"epoch": 1, "iter": i, "lr": 0.01 * i / 20, "loss": 3.0 / i, "loss_qfl": 1.0 / i,
-              "loss_giou": 1.5 / i, "loss_dfl": 0.5 / i, "time": 1.0} for i in (1, 10, 20)]
+    lines = [
+        {
+            "epoch": 1,
+            "iter": i,
+            "lr": 0.01 * i / 20,
+            "loss": 3.0 / i,
+            "loss_qfl": 1.0 / i,
+            "loss_giou": 1.5 / i,
+            "loss_dfl": 0.5 / i,
+            "time": 1.0,
+        }
+        for i in (1, 10, 20)
+    ]
     lines.append({"epoch": 1, "iter": 20, "val": {"AP": 0.1, "AP50": 0.2, "AP75": None}})
     # Resumed from iteration 10: iteration 20 is logged again and wins.
     lines.append({"epoch": 2, "iter": 20, "lr": 0.01, "loss": 9.0, "loss_qfl": 3.0,
@@ -113,8 +124,9 @@ def test_edge_bands_and_records():
     assert changed(wide).sum() > changed(narrow).sum()
     assert changed(wide)[50, 24] and not changed(narrow)[50, 24]  # 6 px left of the left edge
     assert not changed(wide)[50, 60]  # the box interior stays clear
-    assert not changed(draw_edge_bands(img, boxes, torch.tensor([0.1]), labels,
-                                       torch.ones(1, 4)))[50].any()  # below score_thr
+    assert not changed(draw_edge_bands(img, boxes, torch.tensor([0.1]), labels, torch.ones(1, 4)))[
+        50
+    ].any()  # below score_thr
     with pytest.raises(ValueError, match="rows"):
         draw_edge_bands(img, boxes, scores, labels, torch.ones(2, 4))
     drawn = draw_detections(img, boxes, scores, labels, ["a", "b"], edge_std=torch.ones(1, 4) * 5)

@@ -235,7 +235,6 @@ def test_boxes_outside_the_image_are_clipped_or_dropped_and_counted(tmp_path, wa
         CocoDetection(only_bad, tmp_path, identity, train=True)
 
 
-
 def tiny_sets(paths: dict, work: Path, *extra: str) -> list[str]:
     return [
         f"work_dir={work}",
@@ -303,9 +302,15 @@ def load_config_with(paths: dict, work: Path, *extra: str) -> dict:
 
 
 def test_unreadable_image_without_skipping_is_a_one_line_error(damaged, tmp_path, capsys):
-    # The image is read in a DataLoader worker: its error must still come out as one line.
     sets = tiny_sets(damaged, tmp_path / "w", "data.train.num_workers=1")
+    # The missing val image is found before training starts.
     assert main(["train", "--config", DEMO, "--set", *sets]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "data.val.img_dir" in err and "1 of 3" in err
+    # The truncated train image is read in a DataLoader worker: still one line.
+    assert main(["train", "--config", DEMO, "--set", *sets, "train.eval_interval=0",
+                 f"data.val.img_dir={Path(damaged['train_img_dir']).parent / 'train'}",
+                 f"data.val.ann_file={damaged['train_ann']}"]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "Traceback" not in err
     assert err == f"gfldet: error: truncated JPEG file (no end-of-image marker): " \

@@ -72,8 +72,11 @@ def test_written_matches_render_and_colours(small_ds: dict[str, Path]) -> None:
     for i in range(3):
         img, objects = synth.render_sample(3, 0, i, img_size=128)
         image_id = synth.IMAGE_ID_OFFSET + i
-        written = [(a["category_id"], a["bbox"], a["area"]) for a in coco["annotations"]
-                   if a["image_id"] == image_id]
+        written = [
+            (a["category_id"], a["bbox"], a["area"])
+            for a in coco["annotations"]
+            if a["image_id"] == image_id
+        ]
         assert written == [(o["category_id"], o["bbox"], o["area"]) for o in objects]
         on_disk = cv2.imread(str(small_ds["train_img_dir"] / f"{i:06d}.jpg"))[..., ::-1]
         assert np.abs(on_disk.astype(int) - img).mean() < 6  # RGB order kept, JPEG q95
@@ -89,8 +92,8 @@ def test_visible_boxes_are_tight_and_occlusion_bounded() -> None:
             m = o["mask"]
             x, y, w, h = (int(v) for v in o["bbox"])
             assert m.sum() == o["area"] and not m[:, :x].any() and not m[:y].any()
-            assert not m[:, x + w:].any() and not m[y + h:].any()
-            box = m[y:y + h, x:x + w]  # object pixels touch all four sides of its box
+            assert not m[:, x + w :].any() and not m[y + h :].any()
+            box = m[y : y + h, x : x + w]  # object pixels touch all four sides of its box
             assert box[0].any() and box[-1].any() and box[:, 0].any() and box[:, -1].any()
             assert o["area"] >= synth.MIN_VISIBLE * o["full_area"]
             union += m
@@ -126,8 +129,9 @@ def test_meta_skip_and_regenerate(tmp_path: Path) -> None:
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
-    rc = synth.main(["--out", str(out), "--num-train", "3", "--num-val", "2", "--img-size", "64",
-                     "--seed", "5"])
+    rc = synth.main(
+        ["--out", str(out), "--num-train", "3", "--num-val", "2", "--img-size", "64", "--seed", "5"]
+    )
     assert rc == 0
     line = capsys.readouterr().out.strip()
     assert "\n" not in line and "train 3 images" in line and "val 2 images" in line

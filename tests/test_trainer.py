@@ -33,7 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "shapes_demo.yaml")
 
 
-
 def tiny_sets(paths: dict, work: Path, *extra: str) -> list[str]:
     """--set items: a tiny model on the tiny dataset, 4 iterations per epoch, no evaluation."""
     return [
@@ -94,7 +93,7 @@ def test_sigkill_then_resume_gives_the_same_weights(shapes, tmp_path, restore_de
     sets = tiny_sets(shapes, killed, *common, "data.train.num_workers=1")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as this process (bitwise comparison)
     proc = subprocess.run([sys.executable, "-c", KILLED_RUN, DEMO, "8", *sets], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+                          env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     # Killed in iteration 8 of 8: the last checkpoint is the mid-epoch one of iteration 6.
     state = load_checkpoint(killed / "latest.pth")

@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import threading
+import logging
 from functools import partial
 
 import cv2
@@ -17,6 +18,8 @@ from gfldet.data.coco import CocoDetection
 from gfldet.data.sampler import GroupedBatchSampler
 from gfldet.data.transforms import TestTransform, TrainTransform, collate_batch
 
+log = logging.getLogger("gfldet")
+
 
 def build_dataset(split_cfg: dict, train: bool, skip_bad: bool = False) -> CocoDetection:
     """Builds a CocoDetection from a `data.train` / `data.val` config section.
@@ -25,17 +28,9 @@ def build_dataset(split_cfg: dict, train: bool, skip_bad: bool = False) -> CocoD
     ms_short_range (null or [min, max]). Other keys (batch_size, ...) are ignored.
     skip_bad: the config's `data.skip_bad_images` (see CocoDetection).
     """
-    img_scale = tuple(split_cfg["img_scale"])
-    if len(img_scale) != 2:
-        raise ValueError(f"img_scale must be [long, short], got {split_cfg['img_scale']}")
+    img_scale = tuple(split_cfg["img_scale"])  # [long, short], checked by the config
     if train:
         ms = split_cfg.get("ms_short_range")
-        if ms is not None and (
-            len(ms) != 2 or not all(isinstance(v, int) and v > 0 for v in ms) or ms[0] > ms[1]
-        ):
-            raise ValueError(
-                f"data.train.ms_short_range must be [min, max] positive integers, got {ms}"
-            )
         transform = TrainTransform(
             img_scale=img_scale,
             flip_prob=split_cfg.get("flip_prob", 0.5),
@@ -43,9 +38,21 @@ def build_dataset(split_cfg: dict, train: bool, skip_bad: bool = False) -> CocoD
         )
     else:
         transform = TestTransform(img_scale=img_scale)
-    return CocoDetection(
+    dataset = CocoDetection(
         split_cfg["ann_file"], split_cfg["img_dir"], transform, train=train, skip_bad=skip_bad
     )
+    # Found now, not at the first evaluation after hours of training.
+    missing = dataset.missing_images()
+    if missing:
+        key = "data.train" if train else "data.val"
+        what = (
+            f"{len(missing)} of {len(dataset)} image files of {split_cfg['ann_file']} are "
+            f"missing, e.g. {missing[0]} ({key}.img_dir is {split_cfg['img_dir']})"
+        )
+        if not skip_bad:
+            raise FileNotFoundError(f"{what}; data.skip_bad_images: true skips them")
+        log.warning("%s: they will be skipped (data.skip_bad_images)", what)
+    return dataset
 
 
 def worker_init_fn(worker_id: int) -> None:

@@ -20,7 +20,7 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ MIN_BOX_SIDE = 4  # objects whose visible box is thinner than this are dropped
 MIN_CONTRAST = 80.0  # wanted RGB distance between an object's colour and what lies beneath it
 PLACEMENT_TRIES = 8
 _SHIFT = 4  # fractional bits used for cv2 polygon drawing
+MARKER = ".gfldet-synth"  # marks a folder this generator wrote (and may write into again)
+_IMAGE_NAME = re.compile(r"\d{6}\.jpg")  # the image files it writes
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -222,11 +224,15 @@ def _write_image(task: tuple) -> list[dict[str, Any]]:
 
 def _write_split(out_dir: Path, split_index: int, num_images: int, args: dict[str, int],
                  pool: Any) -> None:
-    """Write the images and the COCO annotation file of one split."""
+    """Write the images and the COCO annotation file of one split. Only files the generator
+    writes are replaced or removed (images of a previous, larger generation); anything else in
+    the folder stays."""
     split = SPLITS[split_index]
     img_dir = out_dir / split / "images"
-    shutil.rmtree(img_dir, ignore_errors=True)
-    img_dir.mkdir(parents=True)
+    img_dir.mkdir(parents=True, exist_ok=True)
+    for p in img_dir.glob("*.jpg"):
+        if _IMAGE_NAME.fullmatch(p.name) and int(p.stem) >= num_images:
+            p.unlink()
     tasks = [(str(img_dir), split_index, i, args["seed"], args["img_size"], args["min_size"],
               args["max_size"], args["max_objects"]) for i in range(num_images)]
     results = pool.imap(_write_image, tasks, chunksize=16) if pool else map(_write_image, tasks)
@@ -261,8 +267,33 @@ def _is_cached(out_dir: Path, meta: dict[str, int]) -> bool:
         return False
     paths = _paths(out_dir)
     return all(paths[f"{s}_ann"].is_file()
-               and sum(1 for _ in paths[f"{s}_img_dir"].glob("*.jpg")) == meta[f"num_{s}"]
+               and all((paths[f"{s}_img_dir"] / f"{i:06d}.jpg").is_file()
+                       for i in range(meta[f"num_{s}"]))
                for s in SPLITS)
+
+
+def _is_ours(out_dir: Path) -> bool:
+    """Whether ``out_dir`` was written by this generator: its marker file, or the meta.json of
+    gfldet versions before the marker."""
+    if (out_dir / MARKER).is_file():
+        return True
+    try:
+        return "generator_version" in json.loads((out_dir / "meta.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_arguments(args: dict[str, int]) -> None:
+    """Raises ValueError naming the first argument out of range (by its parameter name)."""
+    limits = {"num_train": 1, "num_val": 1, "img_size": 16, "min_size": 1, "max_size": 1,
+              "max_objects": 1, "seed": 0}
+    for name, lo in limits.items():
+        if not isinstance(args[name], int) or args[name] < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {args[name]!r}")
+    if args["min_size"] > args["max_size"]:
+        raise ValueError(
+            f"min_size ({args['min_size']}) must not exceed max_size ({args['max_size']})"
+        )
 
 
 def write_shapes_dataset(out_dir: str | Path, num_train: int = 2000, num_val: int = 300,
@@ -274,14 +305,29 @@ def write_shapes_dataset(out_dir: str | Path, num_train: int = 2000, num_val: in
     Returns paths ``{"train_ann", "train_img_dir", "val_ann", "val_img_dir"}``. Generation is
     skipped when ``out_dir/meta.json`` records the same arguments and the files are complete.
     ``workers`` (default: 2 for large sets, else 1) does not affect the output.
+
+    ``out_dir`` must be new, empty, or an earlier output of this generator (marked by the file
+    ``.gfldet-synth``): any other folder is refused with a ValueError, so no file the generator
+    did not write is ever replaced or deleted.
     """
     out_dir = Path(out_dir)
     meta = {"generator_version": GENERATOR_VERSION, "num_train": num_train, "num_val": num_val,
             "img_size": img_size, "seed": seed, "min_size": min_size, "max_size": max_size,
             "max_objects": max_objects}
+    check_arguments(meta)
     if _is_cached(out_dir, meta):
         return _paths(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file, not a folder: give a new or empty folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_ours(out_dir):
+        raise ValueError(
+            f"{out_dir} is not empty and was not written by gfldet data synth (it has no "
+            f"{MARKER} file); the generator does not write into it, so that none of its files "
+            "is replaced: give a new or empty folder"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).write_text("written by gfldet data synth: it may replace its own files "
+                                  "here (see meta.json)\n")
     (out_dir / "meta.json").unlink(missing_ok=True)  # never leave a stale meta on a crash
     if workers is None:
         workers = 1 if num_train + num_val < 256 else min(2, os.cpu_count() or 1)
@@ -310,6 +356,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=default)
     p.add_argument("--workers", type=int, default=None, help="processes (default: auto)")
     a = p.parse_args(argv)
+    if a.workers is not None and a.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {a.workers}")
+    try:
+        check_arguments({n: getattr(a, n) for n in names})
+    except ValueError as e:  # name the command-line flags
+        msg = str(e)
+        for n in names:
+            msg = re.sub(rf"\b{n}\b", "--" + n.replace("_", "-"), msg)
+        raise ValueError(f"data synth: {msg}") from None
     t0 = time.perf_counter()
     paths = write_shapes_dataset(a.out, *(getattr(a, n) for n in names), workers=a.workers)
     counts = []

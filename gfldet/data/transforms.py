@@ -25,10 +25,11 @@ def rescale_size(
     """Keep-ratio size fitting within `max(scale)` x `min(scale)` (long x short), as mmcv.
 
     Returns (new_w, new_h, w_scale, h_scale); the two scales differ slightly through rounding.
-    E.g. 640x480 at (1333, 800) -> factor 5/3 -> (1067, 800).
+    E.g. 640x480 at (1333, 800) -> factor 5/3 -> (1067, 800). A side is never rounded to 0
+    pixels: a 10000x10 strip at (128, 128) becomes 128x1.
     """
     factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    new_w, new_h = int(w * factor + 0.5), int(h * factor + 0.5)
+    new_w, new_h = max(1, int(w * factor + 0.5)), max(1, int(h * factor + 0.5))
     return new_w, new_h, new_w / w, new_h / h
 
 

@@ -59,17 +59,19 @@ def link_checkpoint(src: str | Path, dst: str | Path) -> None:
         raise
 
 
-def prune_checkpoints(folder: str | Path, keep_last: int) -> list[Path]:
+def prune_checkpoints(folder: str | Path, keep_last: int, up_to: int | None = None) -> list[Path]:
     """Deletes all but the `keep_last` newest epoch_N.pth files in `folder` (0 keeps all).
 
-    Only epoch_N.pth files are touched; latest.pth is never deleted. Returns the deleted paths.
+    Only epoch_N.pth files with N <= `up_to` (the epoch just saved) are candidates: those of
+    later epochs were written by this run before it was resumed from an earlier epoch, and are
+    left alone. latest.pth is never deleted. Returns the deleted paths.
     """
     if keep_last <= 0:
         return []
     numbered = []
     for p in Path(folder).glob("epoch_*.pth"):
         m = re.fullmatch(r"epoch_(\d+)\.pth", p.name)
-        if m:
+        if m and (up_to is None or int(m.group(1)) <= up_to):
             numbered.append((int(m.group(1)), p))
     old = [p for _, p in sorted(numbered)[:-keep_last]]
     for p in old:
@@ -109,23 +111,47 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def torch_load_safely(path: Path) -> Any:
+    """torch.load(path, weights_only=True) with one-line errors naming the file: not a
+    checkpoint at all, cut short, or holding pickled objects that could run code (refused)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive (PK) or, in its legacy format, a pickle (protocol >= 2).
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        raise ValueError(
+            f"{path}: not a checkpoint (not a file written by torch.save; it starts with {head!r})"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = _ANSI.sub("", str(e))
+        found = _GLOBAL.search(text)
+        if found:
+            raise ValueError(
+                f"{path}: refused to load: it holds a pickled Python object ({found.group(1)}) "
+                "that is not a tensor or a plain value, and loading it could run code. gfldet "
+                "loads checkpoints with weights_only=True; if you trust the file, load it with "
+                "plain torch and save its state dict."
+            ) from None
+        reason = " ".join(text.split())[:160]
+        raise ValueError(f"{path}: not a readable checkpoint ({reason})") from None
+    except Exception as e:  # noqa: BLE001 - the unpickler raises many types on junk input
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Loads a checkpoint without executing code from it (weights_only=True).
 
     Returns a dict with at least "model" (a state dict). A bare state dict is accepted too.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(
-            f"{path}: refused to load: it is not a plain checkpoint of tensors ({first})"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - the unpickler raises many types on junk input
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    state = torch_load_safely(path)
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not a checkpoint (holds a {type(state).__name__})")
     if "model" not in state:

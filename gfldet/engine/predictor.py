@@ -55,6 +55,27 @@ def load_trained_model(
     return (prepare_for_inference(model) if fast else model), state
 
 
+def check_rgb_image(image: object, index: int = 0) -> None:
+    """Raises ValueError unless `image` is a numpy uint8 RGB array [H, W, 3] (what cv2 and PIL
+    give, converted to RGB): a float image in 0..1 would otherwise be read as nearly black."""
+    where = f"Predictor input {index}"
+    if not isinstance(image, np.ndarray):
+        raise ValueError(
+            f"{where} is a {type(image).__name__}: give a file path or a numpy uint8 RGB array "
+            "[H, W, 3] (e.g. tensor.permute(1, 2, 0).numpy() for a CHW uint8 tensor)"
+        )
+    if image.dtype != np.uint8:
+        raise ValueError(
+            f"{where} has dtype {image.dtype}: give uint8 RGB pixels 0..255 (for a float image "
+            "in 0..1: (image * 255).round().astype(np.uint8))"
+        )
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"{where} has shape {list(image.shape)}: give a uint8 RGB array [H, W, 3] (gray: "
+            "np.repeat(img[..., None], 3, 2); RGBA: img[..., :3]; CHW: img.transpose(1, 2, 0))"
+        )
+
+
 class Predictor:
     """A detector ready for images.
 
@@ -80,8 +101,9 @@ class Predictor:
     def __call__(self, images: list[str | Path | np.ndarray]) -> list[dict]:
         """images: file paths or RGB uint8 arrays [H, W, 3]. Returns one dict per image."""
         samples = []
-        for im in images:
+        for k, im in enumerate(images):
             rgb = load_image(im) if isinstance(im, (str, Path)) else im
+            check_rgb_image(rgb, k)
             out, _, info = self.transform(rgb, np.zeros((0, 4), np.float32))
             tensor = torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
             samples.append((tensor, info))

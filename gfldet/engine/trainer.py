@@ -13,8 +13,10 @@ it reaches the weights and leaves the last good checkpoint as it was.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import logging.handlers
 import math
 import os
 import random
@@ -50,6 +52,7 @@ from .checkpoint import (
 )
 from .curves import write_training_curves
 from .evaluator import coco_evaluate, format_metrics, predict_dataset
+from .run_dir import check_work_dir, move_run_aside, new_run_problem
 
 __all__ = [
     "Trainer",
@@ -61,6 +64,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("gfldet")
+LOG_FORMAT = ("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -69,17 +73,31 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def setup_logging(work_dir: Path | None = None) -> None:
-    """Console logging on the main rank (and a train.log file in work_dir)."""
+    """Console logging on the main rank. With `work_dir`, records are also kept in memory until
+    `start_log_file(work_dir)` writes them (and all later ones) to WORK_DIR/train.log: nothing
+    is written into a run's folder before the run is known to be valid."""
     log.handlers.clear()
     log.setLevel(logging.INFO if gdist.is_main() else logging.WARNING)
     log.propagate = False
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter(*LOG_FORMAT))
+    log.addHandler(console)
     if work_dir is not None and gdist.is_main():
-        handlers.append(logging.FileHandler(work_dir / "train.log"))
-    for h in handlers:
-        h.setFormatter(fmt)
-        log.addHandler(h)
+        log.addHandler(logging.handlers.MemoryHandler(1 << 20, logging.CRITICAL + 1))
+
+
+def start_log_file(work_dir: Path) -> None:
+    """Sends the records kept since setup_logging, and every later one, to WORK_DIR/train.log."""
+    if not gdist.is_main():
+        return
+    file = logging.FileHandler(work_dir / "train.log")
+    file.setFormatter(logging.Formatter(*LOG_FORMAT))
+    for h in list(log.handlers):
+        if isinstance(h, logging.handlers.MemoryHandler):
+            h.setTarget(file)
+            h.flush()
+            log.removeHandler(h)
+    log.addHandler(file)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -209,20 +227,42 @@ class Trainer:
     resume: False, True (WORK_DIR/latest.pth) or a checkpoint path.
     """
 
-    def __init__(self, cfg: dict, resume: bool | str | Path = False) -> None:
+    def __init__(
+        self, cfg: dict, resume: bool | str | Path = False, overwrite: bool = False
+    ) -> None:
         self.cfg = cfg
         t, d = cfg["train"], cfg["data"]
         configure_determinism(t["deterministic"])
         self.device = resolve_device(cfg["device"])
         init_distributed(self.device)
         self.work_dir = Path(cfg["work_dir"])
+        check_work_dir(self.work_dir)
+        # A new run never mixes with an old one (see run_dir); rank 0's view decides for all.
+        problem = None if resume else new_run_problem(self.work_dir)
+        problem = gdist.all_gather_object(problem)[0]
+        if problem and not overwrite:
+            raise FileExistsError(problem)
+        if resume:
+            resume = self.work_dir / "latest.pth" if resume is True else Path(resume)
+            if not resume.is_file():
+                raise FileNotFoundError(
+                    f"no checkpoint to resume from: {resume}; name one with --resume PATH (e.g. "
+                    "an epoch_N.pth of the run), or start a new run without --resume in an "
+                    "empty --work-dir"
+                )
+        moved = None
+        if problem and gdist.is_main():
+            moved = move_run_aside(self.work_dir)
+        gdist.barrier()
         try:
             self.work_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:  # e.g. a file in the way; one clear line, as the CLI's out dirs
+        except OSError as e:  # one clear line, as the CLI's out dirs
             raise PermissionError(f"cannot create work_dir {self.work_dir}: {e.strerror}") from None
         if not os.access(self.work_dir, os.W_OK):
             raise PermissionError(f"work_dir is not writable: {self.work_dir}")
         setup_logging(self.work_dir)
+        if moved is not None:
+            log.info("--overwrite: moved the previous run's files to %s", moved)
         seed_everything(cfg["seed"] + gdist.rank())
 
         skip = d["skip_bad_images"]
@@ -280,9 +320,11 @@ class Trainer:
         self._signal: str | None = None
         self._stopped = False
         if resume:
-            self._resume(self.work_dir / "latest.pth" if resume is True else Path(resume))
+            self._resume(resume)
+        # Only now, with the resume validated: the run's config.yaml is what resumes it.
         if gdist.is_main():
             dump_config(cfg, self.work_dir / "config.yaml")
+        start_log_file(self.work_dir)
         n_params = sum(p.numel() for p in model.parameters())
         log.info(
             "model: %d classes, %.2fM parameters; %d train / %d val images; device %s x%d; lr %g"
@@ -344,34 +386,38 @@ class Trainer:
         """
         rng = gdist.all_gather_object(rng_state(self.device))
         latest = self.work_dir / "latest.pth"
-        self.last_checkpoint = latest  # named in error messages, on every rank
+        last_good, self.last_checkpoint = self.last_checkpoint, latest  # named in messages
         if not gdist.is_main():
             return
         state = self.state(rng)
-        if epoch_file:
-            save_checkpoint(state, self.work_dir / epoch_file)
-            link_checkpoint(self.work_dir / epoch_file, latest)
-            for p in prune_checkpoints(self.work_dir, self.cfg["train"]["keep_last"]):
-                log.info("removed %s (train.keep_last: %d)", p, self.cfg["train"]["keep_last"])
-        else:
-            save_checkpoint(state, latest)
+        try:
+            if epoch_file:
+                save_checkpoint(state, self.work_dir / epoch_file)
+                link_checkpoint(self.work_dir / epoch_file, latest)
+                keep = self.cfg["train"]["keep_last"]
+                for p in prune_checkpoints(self.work_dir, keep, up_to=self.epoch):
+                    log.info("removed %s (train.keep_last: %d)", p, keep)
+            else:
+                save_checkpoint(state, latest)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.last_checkpoint = last_good
+            kept = f"the last good checkpoint {last_good} is intact" if last_good else (
+                "no checkpoint of this run was written yet")  # fmt: skip
+            raise OSError(
+                e.errno,
+                f"no space left on the device of {self.work_dir} while saving a "
+                f"checkpoint; {kept}. Free some space, then resume with: {self.resume_command()}",
+            ) from None
 
     def _resume(self, path: Path) -> None:
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"no checkpoint to resume from: {path} (train without --resume to start over)"
-            )
         state = load_checkpoint(path)
         load_model_weights(unwrap(self.model), state, path)
         self.last_checkpoint = path
         if "optimizer" in state:
-            try:
-                self.optimizer.load_state_dict(state["optimizer"])
-            except (ValueError, KeyError) as e:
-                raise ValueError(
-                    f"{path}: its optimizer state does not fit this config ({e}); was "
-                    "train.optimizer or model.backbone.frozen_stages changed?"
-                ) from None
+            self._check_optimizer_state(state, path)
+            self.optimizer.load_state_dict(state["optimizer"])
         else:
             log.warning("%s holds no optimizer state: momentum restarts from zero", path)
         if state.get("scaler") and self.scaler.is_enabled():
@@ -410,6 +456,33 @@ class Trainer:
             "resumed from %s: epoch %d, iteration %d (%d of the epoch's batches done)",
             path, self.epoch + 1, self.iter, self.epoch_iter,
         )  # fmt: skip
+
+    def _check_optimizer_state(self, state: dict, path: Path) -> None:
+        """Raises ValueError, before anything is loaded or written, when the checkpoint's
+        optimizer state cannot continue with this config: another optimizer (its state holds
+        other quantities), or other trainable parameters (e.g. another frozen_stages)."""
+        saved_cfg = state.get("config") or {}
+        then = saved_cfg.get("train", {}).get("optimizer")
+        now = self.cfg["train"]["optimizer"]
+        if then is not None and then != now:
+            raise ValueError(
+                f"{path}: cannot resume: the run was trained with train.optimizer {then!r} and "
+                f"this config has {now!r}, whose state (momentum, moments) is another. Resume "
+                f"with train.optimizer: {then} (as in the run's config.yaml), or start a new run "
+                f"from these weights with model.init_from: {path}"
+            )
+        saved = [len(g["params"]) for g in state["optimizer"].get("param_groups", [])]
+        current = [len(g["params"]) for g in self.optimizer.param_groups]
+        if saved != current:
+            key = "model.backbone.frozen_stages"
+            was = saved_cfg.get("model", {}).get("backbone", {}).get("frozen_stages")
+            is_ = self.cfg["model"]["backbone"]["frozen_stages"]
+            change = f" ({key} was {was}, is {is_})" if was is not None and was != is_ else ""
+            raise ValueError(
+                f"{path}: cannot resume: its optimizer state covers {sum(saved)} trainable "
+                f"tensors, this config trains {sum(current)}{change}; resume with the run's own "
+                "config.yaml, or start a new run from these weights with model.init_from"
+            )
 
     def _truncate_log(self) -> None:
         """Drops log.jsonl records written after the checkpoint (their iterations are redone)."""
@@ -646,10 +719,11 @@ class Trainer:
         return metrics
 
 
-def train(cfg: dict, resume: bool | str | Path = False) -> dict:
-    """Trains a detector as configured; returns the final evaluation metrics."""
+def train(cfg: dict, resume: bool | str | Path = False, overwrite: bool = False) -> dict:
+    """Trains a detector as configured; returns the final evaluation metrics. A new run needs a
+    work dir without a run in it; `overwrite` moves an old run aside first (see run_dir)."""
     try:
-        return Trainer(cfg, resume).fit()
+        return Trainer(cfg, resume, overwrite).fit()
     finally:
         if gdist.is_distributed():
             torch.distributed.destroy_process_group()

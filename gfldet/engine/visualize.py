@@ -20,10 +20,26 @@ IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp
 
 # BGR, chosen to be distinguishable from each other and from typical photo content.
 _PALETTE = (
-    (56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207),
-    (10, 249, 72), (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0),
-    (168, 153, 44), (255, 194, 0), (147, 69, 52), (255, 115, 100), (236, 24, 0),
-    (255, 56, 132), (133, 0, 82), (255, 56, 203), (200, 149, 255), (199, 55, 255),
+    (56, 56, 255),
+    (151, 157, 255),
+    (31, 112, 255),
+    (29, 178, 255),
+    (49, 210, 207),
+    (10, 249, 72),
+    (23, 204, 146),
+    (134, 219, 61),
+    (52, 147, 26),
+    (187, 212, 0),
+    (168, 153, 44),
+    (255, 194, 0),
+    (147, 69, 52),
+    (255, 115, 100),
+    (236, 24, 0),
+    (255, 56, 132),
+    (133, 0, 82),
+    (255, 56, 203),
+    (200, 149, 255),
+    (199, 55, 255),
 )
 
 
@@ -31,17 +47,27 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTS
 
 
-def _images_at(path: Path) -> list[Path]:
+def _images_at(path: Path, exclude: Path | None) -> list[Path]:
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if _is_image(p))
+        found = (p for p in path.rglob("*") if _is_image(p))
+        return sorted(p for p in found if exclude is None or not _is_within(p, exclude))
     return [path] if _is_image(path) else []
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
+def _is_within(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies below it (after resolving links and '..')."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def expand_inputs(inputs: list[str], exclude: Path | None = None) -> list[Path]:
     """Expand image files, folders (recursive) and glob patterns into a list of image paths.
 
-    Order follows ``inputs`` (each one's matches sorted); duplicates are dropped. Raises
-    ``FileNotFoundError`` listing every input that matched no image, so typos are not silent.
+    Order follows ``inputs`` (each one's matches sorted); duplicates are dropped. Images below
+    ``exclude`` (the output folder) found by searching a folder or a glob are left out, so that
+    a command run twice never takes its own outputs as inputs; an input given by name that lies
+    there is an error. Raises ``FileNotFoundError`` listing every input that matched no image,
+    so typos are not silent.
     """
     found: list[Path] = []
     seen: set[Path] = set()
@@ -49,10 +75,18 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     for inp in inputs:
         path = Path(inp)
         if path.exists():
-            matches = _images_at(path)
+            if exclude is not None and _is_within(path, exclude):
+                raise ValueError(
+                    f"--out-dir {exclude} holds the input {inp}: drawn images would overwrite "
+                    "the inputs or be read back as inputs next time; choose an --out-dir outside "
+                    f"the inputs (e.g. {path if path.is_dir() else path.parent}/predicted)"
+                )
+            matches = _images_at(path, exclude)
         else:
             hits = sorted(glob.glob(inp, recursive=True))
-            matches = [m for hit in hits for m in _images_at(Path(hit))]
+            matches = [m for hit in hits for m in _images_at(Path(hit), exclude)]
+            if exclude is not None:
+                matches = [m for m in matches if not _is_within(m, exclude)]
         if not matches:
             unmatched.append(inp)
         for m in matches:
@@ -122,8 +156,16 @@ def draw_detections(
         # Dark text on light colors, white on dark ones, for contrast.
         luma = 0.114 * color[0] + 0.587 * color[1] + 0.299 * color[2]
         text_color = (0, 0, 0) if luma > 150 else (255, 255, 255)
-        cv2.putText(out, text, (left + pad, top + pad + th), font, font_scale, text_color,
-                    font_thickness, cv2.LINE_AA)
+        cv2.putText(
+            out,
+            text,
+            (left + pad, top + pad + th),
+            font,
+            font_scale,
+            text_color,
+            font_thickness,
+            cv2.LINE_AA,
+        )
     return out
 
 
@@ -248,8 +290,13 @@ def plot_reliability(
         if b["count"]:
             ax.annotate(str(b["count"]), (c, m), ha="center", va="bottom", fontsize=7)
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="score = IoU")
-    ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="score", ylabel="IoU with matched gt",
-           title=f"score vs IoU: Pearson {q['pearson']:.3f}, Spearman {q['spearman']:.3f}")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.05),
+        xlabel="score",
+        ylabel="IoU with matched gt",
+        title=f"score vs IoU: Pearson {q['pearson']:.3f}, Spearman {q['spearman']:.3f}",
+    )
     ax.title.set_fontsize(10)
     ax.legend(loc="upper left", fontsize=8)
     with atomic_open(path, "wb") as f:

@@ -23,13 +23,14 @@ COCO they are the same (80 classes, ids 1..90).
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from ..engine.checkpoint import torch_load_safely
 
 # COCO 2017 detection categories in id order: MMDetection's CocoDataset.CLASSES and the
 # "categories" of instances_{train,val}2017.json.
@@ -74,15 +75,7 @@ def load_mmdet_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str
     Returns (state_dict, meta); meta is {} when the file has none (a bare state dict).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: refused to load: not a plain checkpoint ({first})") from None
-    except Exception as e:  # noqa: BLE001 - the unpickler raises many types on junk input
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    ckpt = torch_load_safely(path)
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: not a checkpoint (holds a {type(ckpt).__name__})")
     state = ckpt.get("state_dict", ckpt)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from typing import Any
 
 import torch
@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from ..config import DEFAULTS, check_model_options
 from ..dist import reduce_mean
+from ..options import from_dict
 from .atss import atss_assign
 from .backbone import ResNet
 from .box_ops import (
@@ -32,6 +32,7 @@ from .losses import (
     soft_targets,
     varifocal_loss,
 )
+from .options import LossOptions, ModelOptions, TestOptions, check_model_options
 
 
 class GFL(nn.Module):
@@ -92,13 +93,11 @@ class GFL(nn.Module):
         self.bin_width = float(bin_width)
         self.integral = Integral(head.reg_max, self.bin_width)
         self.strides, self.anchor_scale, self.topk = list(strides), anchor_scale, topk
-        self.loss_cfg = copy.deepcopy(DEFAULTS["model"]["loss"])
-        self.loss_cfg.update(loss_cfg or {})
-        self.test_cfg = copy.deepcopy(DEFAULTS["model"]["test"])
-        self.test_cfg.update(test_cfg or {})
+        self.loss_cfg = dataclasses.asdict(from_dict(LossOptions, loss_cfg, "model.loss."))
+        self.test_cfg = dataclasses.asdict(from_dict(TestOptions, test_cfg, "model.test."))
         head_cfg = {"quality": head.quality, "box": head.box, "reg_max": head.reg_max,
                     "bin_width": self.bin_width, "strides": self.strides}  # fmt: skip
-        check_model_options({"model": {"head": head_cfg, "loss": self.loss_cfg}})
+        check_model_options(from_dict(ModelOptions, {"head": head_cfg, "loss": self.loss_cfg}))
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self._grids: dict[tuple, tuple[Tensor, Tensor]] = {}
@@ -334,7 +333,8 @@ def pad_targets(targets: list[dict], device: torch.device) -> tuple[Tensor, Tens
 def build_model(cfg: dict) -> GFL:
     """Builds the detector from a config dict (see gfldet.config.DEFAULTS for the keys)."""
     m = cfg["model"]
-    check_model_options(cfg)  # before the backbone (and its weights) are built
+    # Every value and combination checked before the backbone (and its weights) are built.
+    check_model_options(from_dict(ModelOptions, m, "model."))
     if m["num_classes"] is None:
         raise ValueError(
             "model.num_classes is not set: set it in the config, or build through the trainer, "

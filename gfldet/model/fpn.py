@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -34,5 +35,19 @@ class FPN(nn.Module):
             lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[-2:])
         outs = [conv(x) for conv, x in zip(self.fpn_convs, lat)]
         for conv in self.fpn_convs[len(lat) :]:
-            outs.append(conv(outs[-1]))
+            outs.append(strided_conv(conv, outs[-1]))
         return outs
+
+
+def strided_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """conv(x), in float32 when x is a CPU bfloat16-autocast map one pixel wide or high.
+
+    torch's oneDNN bfloat16 backward of a strided conv over such a map reads uninitialised
+    memory and returns NaN weight gradients on some calls (seen with torch 2.14 on AVX-512
+    CPUs; P6/P7 of images of 64 px or less). These maps are tiny: float32 costs nothing.
+    """
+    thin = min(x.shape[-2:]) == 1 and x.device.type == "cpu"
+    if thin and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return conv(x.float())
+    return conv(x)

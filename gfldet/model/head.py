@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import CHOICES
+from .options import QUALITIES
 
-QUALITIES = CHOICES["model.head.quality"]
 SEPARATE_QUALITIES = ("centerness", "iou")  # the ones with their own output branch
 REG_CHANNELS = {  # box representation -> reg output channels per location, given reg_max
     "general": lambda n: 4 * (n + 1),

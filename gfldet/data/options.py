@@ -1,0 +1,40 @@
+"""The data options: every `data.*` config key, its default, type and allowed values
+(see docs/configs.md). Pure Python (no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..options import option, section
+
+
+@dataclass
+class TrainSplitOptions:
+    ann_file: str = option("data/coco/annotations/instances_train2017.json")
+    img_dir: str = option("data/coco/train2017")
+    batch_size: int = option(2, ge=1)  # per process
+    num_workers: int = option(2, ge=0)
+    img_scale: list[int] = option([1333, 800], ge=1, length=2)  # keep-ratio target (long, short)
+    flip_prob: float = option(0.5, ge=0, le=1)
+    # [min, max] short side for multi-scale training
+    ms_short_range: list[int] | None = option(None, ge=1, length=2)
+
+
+@dataclass
+class ValSplitOptions:
+    ann_file: str = option("data/coco/annotations/instances_val2017.json")
+    img_dir: str = option("data/coco/val2017")
+    batch_size: int = option(1, ge=1)
+    num_workers: int = option(2, ge=0)
+    img_scale: list[int] = option([1333, 800], ge=1, length=2)
+
+
+@dataclass
+class DataOptions:
+    train: TrainSplitOptions = section(TrainSplitOptions)
+    # Unreadable images and invalid boxes: skip with a warning instead of failing.
+    skip_bad_images: bool = option(False)
+    val: ValSplitOptions = section(ValSplitOptions)
+    mean: list[float] = option([123.675, 116.28, 103.53], length=3)  # RGB, 0..255
+    std: list[float] = option([58.395, 57.12, 57.375], gt=0, length=3)
+    size_divisor: int = option(32, ge=1)

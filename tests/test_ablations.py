@@ -328,7 +328,7 @@ def test_guided_focal_loss_reweights_positives_and_keeps_their_sum():
     labels = torch.tensor([[0, 1, 2]])  # two positives, one background
     pos = torch.tensor([0, 1])
     q = torch.tensor([0.8, 0.2])
-    name, loss = model.cls_loss(cls, labels, pos, q, q)
+    name, loss = model.cls_loss(cls, labels, pos, q, q, torch.ones(3))
     assert name == "loss_focal"
     onehot = torch.tensor([[1.0, 0], [0, 1], [0, 0]])
     fl = sigmoid_focal_loss(cls[0], onehot, 0.25, 2.0, "none")

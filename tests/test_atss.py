@@ -195,9 +195,34 @@ def test_grid_window_finds_the_nearest_locations_ties_included():
             c = (u * torch.tensor([w + 5.0, h + 5.0]) - 3) * 8  # -3 .. size + 2 steps
             c[:60] = (c[:60] / 4).round() * 4
             for k in range(1, 10):
-                got = _grid_candidates(centers, [(h, w)], c, k)
-                expect = _nearest_candidates(centers, [h * w], c, k)
+                got, _ = _grid_candidates(centers, [(h, w)], c, k, None)
+                expect, _ = _nearest_candidates(centers, [h * w], c, k, None)
                 assert torch.equal(got, expect), (h, w, k)
+
+
+def test_grid_window_finds_the_nearest_valid_locations():
+    """As above, with each centre allowed only a top-left rectangle of the grid (its image's
+    padded size in a larger batch): the same valid candidates in the same order, and as many
+    as the rectangle holds when that is fewer than k."""
+    gen = torch.Generator().manual_seed(4)
+    for h in range(1, 9):
+        for w in range(1, 9):
+            centers, _ = grid_points([(h, w)], [8])
+            n = 60
+            vh = torch.randint(1, h + 1, (n,), generator=gen)
+            vw = torch.randint(1, w + 1, (n,), generator=gen)
+            u = torch.rand(n, 2, generator=gen)
+            c = u * torch.stack([vw, vh], 1) * 8 + (torch.rand(n, 2, generator=gen) - 0.5) * 8
+            c[:30] = (c[:30] / 4).round() * 4
+            rows = torch.arange(h)[None, :, None] < vh[:, None, None]
+            cols = torch.arange(w)[None, None, :] < vw[:, None, None]
+            valid = (rows & cols).reshape(n, h * w)
+            for k in (1, 4, 9):
+                got, got_ok = _grid_candidates(centers, [(h, w)], c, k, valid)
+                expect, expect_ok = _nearest_candidates(centers, [h * w], c, k, valid)
+                assert torch.equal(got_ok, expect_ok), (h, w, k)
+                assert torch.equal(got[got_ok], expect[expect_ok]), (h, w, k)
+                assert torch.equal(got_ok.sum(0), (vh * vw).clamp(max=k)), (h, w, k)
 
 
 def test_grid_shapes_must_match_the_anchor_counts():

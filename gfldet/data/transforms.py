@@ -118,7 +118,9 @@ def collate_batch(
     Hp, Wp are the batch maxima rounded up to a multiple of `size_divisor` so every FPN level
     divides evenly. Padding is 0 in *pixel* space; MMDetection pads after normalisation, so the
     model must zero the padded area again after normalising (each target's `img_size` gives the
-    valid region). Returns (images, list of targets).
+    valid region). Each target gets `pad_size` (h, w): its own image's size rounded up to the
+    divisor (MMDetection's pad_shape), the area where its anchors are valid in training,
+    whatever else is in the batch. Returns (images, list of targets).
 
     `None` samples (unreadable images skipped under `data.skip_bad_images`) are left out, so B
     can be smaller than the number of samples; when all are `None` the result is
@@ -129,8 +131,10 @@ def collate_batch(
     if not samples:
         return torch.zeros((0, 3, d, d), dtype=torch.uint8), []
     images, targets = zip(*samples)
-    hp = -(-max(im.shape[1] for im in images) // d) * d
-    wp = -(-max(im.shape[2] for im in images) // d) * d
+    for im, t in zip(images, targets):
+        t["pad_size"] = (-(-im.shape[1] // d) * d, -(-im.shape[2] // d) * d)
+    hp = max(t["pad_size"][0] for t in targets)
+    wp = max(t["pad_size"][1] for t in targets)
     batch = images[0].new_zeros((len(images), 3, hp, wp))
     for dst, im in zip(batch, images):
         dst[:, : im.shape[1], : im.shape[2]].copy_(im)

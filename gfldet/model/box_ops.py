@@ -74,6 +74,31 @@ def grid_points(
     return torch.cat(points), torch.cat(point_strides)
 
 
+def grid_valid_mask(
+    feat_sizes: list[tuple[int, int]],
+    strides: list[int],
+    pad_sizes: list[tuple[int, int]],
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Which locations of the batch's grids lie inside each image's own padded size.
+
+    An image padded to (h, w) (its resized size rounded up to the size divisor) covers, on a
+    level of stride s and size (H, W), the top-left min(ceil(h / s), H) rows and
+    min(ceil(w / s), W) columns: MMDetection's AnchorGenerator.valid_flags with the image's
+    pad_shape. The rest is padding of the batch, not of the image.
+    Returns valid [B, A] bool, A = sum of H*W, locations in grid_points order.
+    """
+    masks = []
+    for (h, w), s in zip(feat_sizes, strides):
+        limits = torch.tensor(
+            [[min(-(-ph // s), h), min(-(-pw // s), w)] for ph, pw in pad_sizes], device=device
+        )  # [B, 2]
+        rows = torch.arange(h, device=device)[None, :, None] < limits[:, 0, None, None]
+        cols = torch.arange(w, device=device)[None, None, :] < limits[:, 1, None, None]
+        masks.append((rows & cols).flatten(1))
+    return torch.cat(masks, 1)
+
+
 def square_anchors(points: Tensor, strides: Tensor, scale: float) -> Tensor:
     """One square anchor of side scale*stride centred on each point: [A, 2], [A] -> [A, 4]."""
     half = (strides * scale / 2)[:, None]

@@ -20,6 +20,7 @@ from .box_ops import (
     centerness,
     distance2bbox,
     grid_points,
+    grid_valid_mask,
     square_anchors,
 )
 from .fpn import FPN
@@ -166,10 +167,8 @@ class GFL(nn.Module):
         b, _, c = cls.shape
         n, bw = self.head.reg_max, self.bin_width
         lc, q_type, box = self.loss_cfg, self.head.quality, self.head.box
-        gt_boxes, gt_labels, gt_valid = pad_targets(targets, cls.device)
-        anchors = square_anchors(points, strides, self.anchor_scale)
-        num_level = [h * w for h, w in sizes]
-        assigned, _ = atss_assign(anchors, num_level, gt_boxes, gt_valid, self.topk, sizes)
+        gt_boxes, gt_labels, _ = pad_targets(targets, cls.device)
+        assigned, valid = self.assign(points, strides, sizes, targets)
         pb, pa = (assigned >= 0).nonzero(as_tuple=True)
         gi = assigned[pb, pa]
 
@@ -185,10 +184,11 @@ class GFL(nn.Module):
         iou = aligned_box_iou(pred_box.detach(), target_box).to(cls.dtype)
         # The quality q of each positive that a separate branch learns or a guided loss uses.
         q = centerness(centers, target_box) if q_type.startswith("centerness") else iou
-        num_pos = reduce_mean(torch.tensor(float(pa.numel()), device=cls.device)).clamp(min=1)
+        num_pos = reduce_mean(positives_normaliser(assigned)).clamp(min=1)
 
         out: dict[str, Tensor] = {}
-        name, loss_cls = self.cls_loss(cls, labels, pb * cls.shape[1] + pa, iou, q)
+        weight_cls = valid.reshape(-1).to(cls.dtype)  # 0 in the batch padding (see assign)
+        name, loss_cls = self.cls_loss(cls, labels, pb * cls.shape[1] + pa, iou, q, weight_cls)
         out[name] = lc["qfl_weight"] * loss_cls / num_pos
 
         # Box losses are weighted per positive: GFL's detached best class score, ATSS's
@@ -220,37 +220,63 @@ class GFL(nn.Module):
             out["loss_quality"] = lc["quality_weight"] * loss_q / num_pos
         return out
 
+    def assign(
+        self, points: Tensor, strides: Tensor, sizes: list[tuple[int, int]], targets: list[dict]
+    ) -> tuple[Tensor, Tensor]:
+        """ATSS targets of a batch: (assigned [B, A], the gt index of each location or -1;
+        valid [B, A], the locations inside each image's own padded size).
+
+        Locations outside (the padding that other, larger images of the batch bring) are
+        neither candidates nor positives and weigh 0 in the classification loss, as in the
+        official GFL and MMDetection v2: each image's targets do not depend on the batch.
+        A target's `pad_size` (h, w) is its image's padded size (collate_batch sets it); when
+        absent, the whole batch grid counts.
+        """
+        gt_boxes, _, gt_valid = pad_targets(targets, points.device)
+        # Without pad_size: the whole padded batch, whose size is P3's grid times its stride.
+        batch = (sizes[0][0] * self.strides[0], sizes[0][1] * self.strides[0])
+        pads = [tuple(t.get("pad_size", batch)) for t in targets]
+        valid = grid_valid_mask(sizes, self.strides, pads, points.device)
+        anchors = square_anchors(points, strides, self.anchor_scale)
+        num_level = [h * w for h, w in sizes]
+        assigned, _ = atss_assign(
+            anchors, num_level, gt_boxes, gt_valid, self.topk, sizes, None if valid.all() else valid
+        )
+        return assigned, valid
+
     def cls_loss(
-        self, cls: Tensor, labels: Tensor, pos: Tensor, iou: Tensor, q: Tensor
+        self, cls: Tensor, labels: Tensor, pos: Tensor, iou: Tensor, q: Tensor, weight: Tensor
     ) -> tuple[str, Tensor]:
         """The summed classification loss and its name.
 
         cls [B, A, C]; labels [B, A] (C = background); pos [P] flat indices b*A + a of the
-        positives; iou [P] of their predicted boxes; q [P] their quality (guided losses).
+        positives; iou [P] of their predicted boxes; q [P] their quality (guided losses);
+        weight [B*A] of each location (0 outside its image's padded size).
         """
         b, a, c = cls.shape
         lc = self.loss_cfg
         logits, flat_labels = cls.reshape(-1, c), labels.reshape(-1)
+        w = weight[:, None]
         if lc["cls"] in ("qfl", "vfl"):
             scores = torch.zeros((b, a), dtype=cls.dtype, device=cls.device)
             scores.view(-1)[pos] = iou
             if lc["cls"] == "qfl":
                 loss = quality_focal_loss(
-                    logits, flat_labels, scores.reshape(-1), lc["qfl_beta"], "sum"
+                    logits, flat_labels, scores.reshape(-1), lc["qfl_beta"], "none"
                 )
-                return "loss_qfl", loss
+                return "loss_qfl", (loss * w).sum()
             target = soft_targets(flat_labels, scores.reshape(-1), c)
-            loss = varifocal_loss(logits, target, lc["vfl_alpha"], lc["vfl_gamma"], True, "sum")
-            return "loss_vfl", loss
+            loss = varifocal_loss(logits, target, lc["vfl_alpha"], lc["vfl_gamma"], True, "none")
+            return "loss_vfl", (loss * w).sum()
         target = soft_targets(flat_labels, torch.ones_like(flat_labels, dtype=cls.dtype), c)
         alpha, gamma = lc["focal_alpha"], lc["focal_gamma"]
+        fl = sigmoid_focal_loss(logits, target, alpha, gamma, "none") * w
         if not self.head.quality.endswith("_guided"):
-            return "loss_focal", sigmoid_focal_loss(logits, target, alpha, gamma, "sum")
-        fl = sigmoid_focal_loss(logits, target, alpha, gamma, "none")
+            return "loss_focal", fl.sum()
         fl_pos = fl[pos, flat_labels[pos]]
         qd, fd = q.detach().to(fl.dtype), fl_pos.detach()
-        w = qd * fd.sum() / (qd * fd).sum().clamp(min=torch.finfo(fl.dtype).tiny)
-        return "loss_focal", fl.sum() + ((w - 1) * fl_pos).sum()
+        wq = qd * fd.sum() / (qd * fd).sum().clamp(min=torch.finfo(fl.dtype).tiny)
+        return "loss_focal", fl.sum() + ((wq - 1) * fl_pos).sum()
 
     def postprocess(
         self,
@@ -314,6 +340,14 @@ class GFL(nn.Module):
                 res["strides"] = strides[idx[i, ki[k]]]
             results.append(res)
         return results
+
+
+def positives_normaliser(assigned: Tensor) -> Tensor:
+    """The classification loss's normaliser for one process: the number of positive locations
+    summed over images, each image counting at least 1 (the official implementation's
+    sum of max(num_pos_i, 1)); assigned [B, A] -> scalar float. Averaged over processes (and
+    floored at 1) by the caller."""
+    return (assigned >= 0).sum(1).clamp(min=1).sum().float()
 
 
 def pad_targets(targets: list[dict], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:

@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 # Imported on first use, so that torch-free commands (config, data synth) start fast.
 _LAZY = {
     "GFL": "gfldet.model.detector",
-    "build_model": "gfldet.model.detector",
+    "build_model": "gfldet.model.build",
     "Predictor": "gfldet.engine.predictor",
 }
 

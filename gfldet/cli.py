@@ -11,7 +11,7 @@ from pathlib import Path
 from . import __version__
 from .config import ConfigError, load_config
 
-ARCH_KEYS = ("backbone", "fpn", "head")  # the parts of a converted checkpoint's meta to print
+ARCH_KEYS = ("backbone", "neck", "head")  # the parts of a converted checkpoint's meta to print
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -33,10 +33,10 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from .data.loader import build_dataloader, build_dataset
-    from .dist import rank, world_size
-    from .engine.evaluator import format_metrics
+    from .dist import init_distributed, rank, world_size
+    from .engine.evaluator import evaluate, format_metrics
     from .engine.predictor import load_trained_model
-    from .engine.trainer import evaluate, init_distributed, resolve_device, setup_logging
+    from .engine.runtime import resolve_device, setup_logging
 
     cfg = load_config(a.config, a.set)
     device = resolve_device(cfg["device"])
@@ -70,9 +70,8 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
 
 def _cmd_infer(a: argparse.Namespace) -> int:
-    from .engine.infer import infer_images
+    from .engine.infer import expand_inputs, infer_images
     from .engine.predictor import Predictor
-    from .engine.visualize import expand_inputs
 
     if not (math.isfinite(a.score_thr) and 0 <= a.score_thr <= 1):
         raise ValueError(f"--score-thr must be a number in [0, 1], got {a.score_thr}")
@@ -86,10 +85,10 @@ def _cmd_infer(a: argparse.Namespace) -> int:
     _check_writable(out_dir)
     predictor = Predictor(cfg, a.checkpoint, cfg["device"])
     box = predictor.model.head.box
-    if a.show_uncertainty and box != "general":
+    if a.show_uncertainty and not box.has_distributions:
         raise ValueError(
             f"--show-uncertainty needs edge distributions (model.head.box: general); "
-            f"this model's box representation is {box!r}"
+            f"this model's box representation is {box.name!r}"
         )
     s = infer_images(predictor, files, out_dir, a.score_thr, a.show_uncertainty,
                      cfg["data"]["skip_bad_images"])  # fmt: skip
@@ -152,8 +151,8 @@ def _cmd_convert_mmdet(a: argparse.Namespace) -> int:
         f"({', '.join(state['classes'][:3])}, ...); {arch}, bin width {meta['bin_width']}"
     )
     if a.config:
-        from .engine.trainer import resolve_num_classes
-        from .model.detector import build_model
+        from .engine.runtime import resolve_num_classes
+        from .model.build import build_model
 
         cfg = load_config(a.config, a.set)
         cfg["model"]["backbone"]["pretrained"] = None  # every weight comes from the checkpoint

@@ -173,7 +173,12 @@ def _dotted_keys(d: dict, prefix: str = "") -> list[str]:
 
 
 # Keys of earlier versions: an old config gets a message saying what to write instead.
-RENAMED: dict[str, str] = {}
+RENAMED: dict[str, str] = {
+    "model.fpn": "it is model.neck now (model.fpn.out_channels -> model.neck.out_channels)",
+    "model.fpn.out_channels": "it is model.neck.out_channels now",
+    "model.head.strides": "the strides follow from the backbone (8, 16, 32) and "
+    "model.neck.extra_levels (2 adds 64 and 128): remove the key",
+}
 
 
 def _check(value: Any, tp: Any, meta: dict, key: str, origin: dict[str, Path]) -> None:

@@ -46,7 +46,7 @@ class DecodedGFL(nn.Module):
         self.model, self.img_size, self.nms = model.eval(), tuple(img_size), nms
         h, w = self.img_size
         with torch.no_grad():  # the feature sizes of this input size, from the network itself
-            feats = model.fpn(model.backbone(torch.zeros(1, 3, h, w)))
+            feats = model.features(torch.zeros(1, 3, h, w))
         self.sizes = [tuple(f.shape[-2:]) for f in feats]
         points, strides = grid_points(self.sizes, model.strides)
         self.register_buffer("points", points, persistent=False)
@@ -56,14 +56,12 @@ class DecodedGFL(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         m = self.model
         x = m.preprocess(images, None)
-        cls, reg, quality = m.head(m.fpn(m.backbone(x)))
+        cls, reg, quality = m.head(m.features(x))
         if self.nms:
             det = m.postprocess(cls, reg, self.points, self.strides, self.sizes, self.img_size,
                                 None, quality)[0]  # fmt: skip
             return det["boxes"], det["scores"], det["labels"]
-        scores = cls.sigmoid()
-        if quality is not None:  # a separate quality branch multiplies the class scores
-            scores = scores * quality.sigmoid()
+        scores = m.head.quality.scores(cls, quality)
         dist = m.decode(reg) * self.strides[:, None]
         boxes = distance2bbox(self.points, dist, max_shape=self.max_shape)
         return boxes, scores

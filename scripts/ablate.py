@@ -26,8 +26,8 @@ import torch
 
 from gfldet.config import load_config
 from gfldet.data.synth import write_shapes_dataset
-from gfldet.engine.evaluator import write_json_atomic
 from gfldet.engine.trainer import train
+from gfldet.files import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = ROOT / "configs" / "ablations"

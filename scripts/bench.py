@@ -54,11 +54,13 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from gfldet.config import load_config
 from gfldet.data.loader import build_dataloader, build_dataset
 from gfldet.data.synth import write_shapes_dataset
-from gfldet.engine.evaluator import coco_evaluate, write_json_atomic
-from gfldet.engine.trainer import build_optimizer
+from gfldet.engine.evaluator import coco_evaluate
+from gfldet.engine.optim import build_optimizer
+from gfldet.files import write_json_atomic
 from gfldet.model.atss import atss_assign
 from gfldet.model.box_ops import grid_points, square_anchors
-from gfldet.model.detector import GFL, build_model
+from gfldet.model.build import build_model
+from gfldet.model.detector import GFL
 from gfldet.model.fuse import prepare_for_inference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -405,7 +407,8 @@ def feature_sizes(hw: tuple[int, int], strides: list[int]) -> list[tuple[int, in
 
 def bench_atss(sz: Sizes, repeats: int, warmup: int, out: dict) -> None:
     model_cfg = load_config(RECIPE, ["model.num_classes=80"])["model"]
-    strides, topk = model_cfg["head"]["strides"], model_cfg["assigner"]["topk"]
+    n = 3 + model_cfg["neck"]["extra_levels"]  # the recipe's P3..P7
+    strides, topk = [8 * 2**i for i in range(n)], model_cfg["assigner"]["topk"]
     sizes = feature_sizes(sz.atss_hw, strides)
     points, point_strides = grid_points(sizes, strides)
     anchors = square_anchors(points, point_strides, model_cfg["head"]["anchor_scale"])

@@ -57,16 +57,12 @@ from torchvision.models.detection.fcos import (
 from gfldet.config import load_config
 from gfldet.data.loader import build_dataloader
 from gfldet.data.synth import write_shapes_dataset
-from gfldet.engine.evaluator import (
-    coco_evaluate,
-    detections_to_coco,
-    predict_dataset,
-    write_json_atomic,
-)
-from gfldet.engine.trainer import Trainer, build_optimizer, lr_at
-from gfldet.model.backbone import ResNet
-from gfldet.model.detector import build_model
-from gfldet.model.fpn import FPN
+from gfldet.engine.evaluator import coco_evaluate, predict_dataset
+from gfldet.engine.optim import build_optimizer, lr_at
+from gfldet.engine.records import detections_to_coco
+from gfldet.engine.trainer import Trainer
+from gfldet.files import write_json_atomic
+from gfldet.model.build import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "shapes_demo.yaml"
@@ -122,12 +118,12 @@ class GfldetBackbone(nn.Module):
     "p7": [B, F, H/128, W/128]}; `out_channels` = F, as torchvision's detectors expect.
     """
 
-    def __init__(self, body: ResNet, fpn: FPN, out_channels: int) -> None:
+    def __init__(self, body: nn.Module, neck: nn.Module, out_channels: int) -> None:
         super().__init__()
-        self.body, self.fpn, self.out_channels = body, fpn, out_channels
+        self.body, self.neck, self.out_channels = body, neck, out_channels
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        feats = self.fpn(self.body(x))
+        feats = self.neck(self.body(x))
         return OrderedDict((f"p{i + 3}", f) for i, f in enumerate(feats))
 
 
@@ -135,7 +131,7 @@ def build_fcos_on_gfldet(cfg: dict) -> FCOS:
     """torchvision's FCOS on the backbone and FPN that gfldet builds for `cfg` (same seed, so
     the same initial weights), with a head of the same depth, width and GroupNorm groups."""
     m, h = cfg["model"], cfg["model"]["head"]
-    width = m["fpn"]["out_channels"]
+    width = m["neck"]["out_channels"]
     if h["feat_channels"] != width:
         raise ValueError(
             f"FCOS's towers are as wide as the FPN ({width}); model.head.feat_channels is "
@@ -148,11 +144,11 @@ def build_fcos_on_gfldet(cfg: dict) -> FCOS:
     head = FCOSHead(width, 1, n, num_convs=0)  # its towers are replaced just below
     head.classification_head = FCOSClassificationHead(width, 1, n, convs, h["prior_prob"], norm)
     head.regression_head = FCOSRegressionHead(width, 1, convs, norm)
-    strides = h["strides"]
+    strides = gfl.strides
     anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
     scale, test = cfg["data"]["train"]["img_scale"], m["test"]
     return FCOS(
-        GfldetBackbone(gfl.backbone, gfl.fpn, width), n,
+        GfldetBackbone(gfl.backbone, gfl.neck, width), n,
         min_size=min(scale), max_size=max(scale),
         image_mean=[v / 255 for v in cfg["data"]["mean"]],
         image_std=[v / 255 for v in cfg["data"]["std"]],

@@ -68,7 +68,7 @@ def edge_figure(cfg: dict, checkpoint: Path, images: list[Path], out: Path,
             continue
         strides = det["strides"]
         scale = rescale_size(rgb.shape[1], rgb.shape[0], predictor.transform.img_scale)[2:]
-        unc = edge_uncertainty(det["dists"].cpu(), strides, model.bin_width, scale)
+        unc = edge_uncertainty(det["dists"].cpu(), strides, model.head.box.bin_width, scale)
         top2 = unc["edge_top2"]
         contrast = (top2.amax(1) - top2.amin(1)).masked_fill(~keep, -1)
         k = int(contrast.argmax())
@@ -94,9 +94,9 @@ def edge_figure(cfg: dict, checkpoint: Path, images: list[Path], out: Path,
     axes[0].set_title(f"stride {stride}, bands ±std", fontsize=9)
     axes[0].axis("off")
     probs = det["dists"][k].cpu().numpy()
-    bins = np.arange(probs.shape[1]) * model.bin_width
+    bins = np.arange(probs.shape[1]) * model.head.box.bin_width
     for i, ax in enumerate(axes[1:]):
-        ax.bar(bins, probs[i], width=0.8 * model.bin_width, color="tab:blue")
+        ax.bar(bins, probs[i], width=0.8 * model.head.box.bin_width, color="tab:blue")
         std, top2 = float(unc["edge_std"][k, i]), float(unc["edge_top2"][k, i])
         ax.set_title(f"{EDGES[i]}: std {std:.1f} px, top-2 {top2:.2f}", fontsize=8.5)
         ax.set(xlabel="distance (strides)", ylim=(0, 1))

@@ -20,8 +20,10 @@ import torch
 from torchvision.ops import sigmoid_focal_loss
 
 from gfldet.config import CHOICES, DEFAULTS, load_config
-from gfldet.model.detector import GFL, build_model
-from gfldet.model.head import Integral
+from gfldet.model.build import build_model
+from gfldet.model.detector import GFL
+from gfldet.model.losses import classification_loss
+from gfldet.model.representations import Integral
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = sorted((ROOT / "configs" / "ablations").glob("*.yaml"))
@@ -83,7 +85,7 @@ def tiny_cfg(num_classes: int = 3, **switches) -> dict:
     m = cfg["model"]
     m["num_classes"] = num_classes
     m["backbone"].update(depth=18, base_width=8, frozen_stages=-1, norm_eval=False)
-    m["fpn"]["out_channels"] = 16
+    m["neck"]["out_channels"] = 16
     m["head"].update(feat_channels=16, stacked_convs=1, num_groups=4)
     m["test"]["score_thr"] = 0.001  # keep an untrained model's detections
     for section, key in SWITCHES:
@@ -196,16 +198,16 @@ def test_variants_cover_every_switch_value():
 def test_variant_trains_one_step_and_predicts(switches):
     torch.manual_seed(0)
     model = build_model(tiny_cfg(**switches)).train()
-    head, loss_cfg = model.head, model.loss_cfg
+    head, lo = model.head, model.loss
     images, targets = two_images()
     losses = model(images, targets)
-    cls_name = {"qfl": "loss_qfl", "focal": "loss_focal", "vfl": "loss_vfl"}[loss_cfg["cls"]]
+    cls_name = {"qfl": "loss_qfl", "focal": "loss_focal", "vfl": "loss_vfl"}[lo.cls]
     expect = {cls_name, "loss_giou"}
-    if head.box == "general" and loss_cfg["dfl_weight"] > 0:
+    if head.box.name == "general" and lo.dfl_weight > 0:
         expect.add("loss_dfl")
-    if head.box == "gaussian":
+    if head.box.name == "gaussian":
         expect.add("loss_nll")
-    if head.quality in ("centerness", "iou"):
+    if head.quality.branch:
         expect.add("loss_quality")
     assert set(losses) == expect
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
@@ -233,7 +235,7 @@ def test_variant_trains_one_step_and_predicts(switches):
         k = len(res["scores"])
         assert k > 0 and res["boxes"].shape == (k, 4) and res["labels"].shape == (k,)
         assert (res["scores"][:-1] >= res["scores"][1:]).all()
-        if head.box == "general":
+        if head.box.name == "general":
             assert res["dists"].shape == (k, 4, head.reg_max + 1)
             torch.testing.assert_close(res["dists"].sum(-1), torch.ones(k, 4))
         else:
@@ -288,7 +290,7 @@ def test_dfl_targets_and_integral_round_trip_with_bin_width():
             logits[e, i] = math.log(p)
     decoded = model.decode(logits.flatten())
     torch.testing.assert_close(decoded, torch.tensor([1.3, 2.0, 3.0, 7.95]))
-    assert model.integral.project[-1].item() == n * bw
+    assert model.head.box.integral.project[-1].item() == n * bw
     losses = one_location(model, [-10.4, -16, 24, 80], [0.0], logits.flatten().tolist())
     # DFL's optimum is these two-bin distributions: the loss is their entropy.
     entropy = -(0.4 * math.log(0.4) + 0.6 * math.log(0.6) + 0.1 * math.log(0.1)
@@ -303,7 +305,7 @@ def test_integral_bin_width_scales_the_expectation():
 
 def test_dirac_decoding_and_quality_branch_multiply_into_scores_by_hand():
     model = build_model(tiny_cfg(num_classes=2, quality="iou", box="dirac", cls="focal"))
-    model.test_cfg.update(score_thr=0.1, nms_pre=1000)
+    model.test.score_thr, model.test.nms_pre = 0.1, 1000
     probs = torch.tensor([[[0.9, 0.1], [0.6, 0.3]]])
     cls = torch.log(probs / (1 - probs))
     quality = torch.tensor([[[0.0], [math.log(0.25 / 0.75)]]])  # sigmoid 0.5 and 0.25
@@ -328,7 +330,9 @@ def test_guided_focal_loss_reweights_positives_and_keeps_their_sum():
     labels = torch.tensor([[0, 1, 2]])  # two positives, one background
     pos = torch.tensor([0, 1])
     q = torch.tensor([0.8, 0.2])
-    name, loss = model.cls_loss(cls, labels, pos, q, q, torch.ones(3))
+    name, loss = classification_loss(
+        cls[0], labels[0], torch.ones(3), torch.ones(3), model.loss, pos, q
+    )
     assert name == "loss_focal"
     onehot = torch.tensor([[1.0, 0], [0, 1], [0, 0]])
     fl = sigmoid_focal_loss(cls[0], onehot, 0.25, 2.0, "none")
@@ -358,7 +362,7 @@ def test_ablate_script_tiny_budget(tmp_path, capsys):
     sets = [
         "data.train.img_scale=[96,96]", "data.val.img_scale=[96,96]", "data.train.batch_size=2",
         "data.train.num_workers=0", "data.val.num_workers=0", "model.backbone.base_width=8",
-        "model.fpn.out_channels=16", "model.head.feat_channels=16", "model.head.stacked_convs=1",
+        "model.neck.out_channels=16", "model.head.feat_channels=16", "model.head.stacked_convs=1",
         "model.head.num_groups=4", "model.test.score_thr=0.001", "train.warmup_iters=2",
     ]  # fmt: skip
     out = tmp_path / "ablate.json"

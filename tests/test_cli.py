@@ -33,7 +33,7 @@ def tiny(tmp_path_factory):
         "data.train.num_workers=0",
         "data.val.num_workers=0",
         "model.backbone.base_width=8",
-        "model.fpn.out_channels=16",
+        "model.neck.out_channels=16",
         "model.head.feat_channels=16",
         "model.head.stacked_convs=1",
         "model.head.num_groups=4",

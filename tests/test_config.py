@@ -53,11 +53,11 @@ def test_loaded_config_does_not_alias_defaults(tmp_path):
     path = write(tmp_path / "min.yaml", "seed: 1\n")
     before = copy.deepcopy(DEFAULTS)
     cfg = load_config(path)
-    cfg["model"]["head"]["strides"].append(256)
+    cfg["data"]["train"]["img_scale"].append(256)
     cfg["model"]["backbone"]["depth"] = 18
     cfg["data"]["mean"][0] = 0.0
     assert before == DEFAULTS
-    assert load_config(path)["model"]["head"]["strides"] == [8, 16, 32, 64, 128]
+    assert load_config(path)["data"]["train"]["img_scale"] == [1333, 800]
 
 
 def test_base_as_string_deep_merge(tmp_path):
@@ -77,7 +77,7 @@ def test_base_as_string_deep_merge(tmp_path):
 
 
 def test_base_as_list_relative_paths_later_wins(tmp_path):
-    write(tmp_path / "_base_" / "model.yaml", "model:\n  fpn:\n    out_channels: 32\n")
+    write(tmp_path / "_base_" / "model.yaml", "model:\n  neck:\n    out_channels: 32\n")
     write(tmp_path / "_base_" / "sched.yaml", "train:\n  epochs: 24\n  lr: 0.02\n")
     write(tmp_path / "_base_" / "sched2.yaml", "train:\n  epochs: 36\n")
     child = write(
@@ -86,7 +86,7 @@ def test_base_as_list_relative_paths_later_wins(tmp_path):
         "train:\n  momentum: 0.8\n",
     )
     cfg = load_config(child)
-    assert cfg["model"]["fpn"]["out_channels"] == 32
+    assert cfg["model"]["neck"]["out_channels"] == 32
     assert cfg["train"]["epochs"] == 36  # the later base wins
     assert cfg["train"]["lr"] == 0.02
     assert cfg["train"]["momentum"] == 0.8
@@ -235,10 +235,10 @@ def test_mistyped_value_in_base_names_base(tmp_path):
 
 
 def test_scalar_in_child_over_mapping_in_base_names_child(tmp_path):
-    write(tmp_path / "base.yaml", "model:\n  fpn:\n    out_channels: 32\n")
-    child = write(tmp_path / "child.yaml", "_base_: base.yaml\nmodel:\n  fpn: 64\n")
+    write(tmp_path / "base.yaml", "model:\n  neck:\n    out_channels: 32\n")
+    child = write(tmp_path / "child.yaml", "_base_: base.yaml\nmodel:\n  neck: 64\n")
     msg = config_error(child)
-    assert "'model.fpn'" in msg and str(child.resolve()) in msg
+    assert "'model.neck'" in msg and str(child.resolve()) in msg
 
 
 @pytest.mark.parametrize(
@@ -434,7 +434,7 @@ def test_reg_max_and_bin_width_must_be_positive(tmp_path, item, key):
 
 
 def test_model_options_are_checked_for_configs_made_in_code():
-    from gfldet.model.detector import build_model
+    from gfldet.model.build import build_model
 
     cfg = copy.deepcopy(DEFAULTS)
     cfg["model"]["num_classes"] = 3
@@ -457,7 +457,11 @@ def test_out_of_range_integers_name_the_key_and_the_minimum(item, minimum):
         load_config(ROOT / "configs" / "shapes_demo.yaml", [item])
 
 
-def test_strides_must_be_the_pyramids():
-    with pytest.raises(ConfigError, match=r"model.head.strides.*\[8, 16, 24, 64, 128\]"):
-        load_config(ROOT / "configs" / "shapes_demo.yaml", ["model.head.strides=[8,16,24,64,128]"])
-    assert load_config(ROOT / "configs" / "shapes_demo.yaml", ["model.head.strides=[8,16,32,64]"])
+def test_keys_of_earlier_versions_say_what_to_write_instead(tmp_path):
+    old = write(tmp_path / "old.yaml", "model:\n  fpn:\n    out_channels: 64\n")
+    msg = config_error(old)
+    assert "'model.fpn'" in msg and "model.neck.out_channels" in msg and msg.count("\n") == 0
+    demo = ROOT / "configs" / "shapes_demo.yaml"
+    with pytest.raises(ConfigError, match=r"model.head.strides.*model.neck.extra_levels"):
+        load_config(demo, ["model.head.strides=[8,16,32,64]"])
+    assert load_config(demo, ["model.neck.extra_levels=1"])["model"]["neck"]["extra_levels"] == 1

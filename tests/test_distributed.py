@@ -23,7 +23,8 @@ from gfldet.config import load_config
 from gfldet.data.synth import write_shapes_dataset
 from gfldet.data.transforms import collate_batch
 from gfldet.engine.checkpoint import load_checkpoint
-from gfldet.engine.trainer import Trainer, gather_detections, unwrap
+from gfldet.engine.evaluator import gather_detections
+from gfldet.engine.trainer import Trainer, unwrap
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "shapes_demo.yaml")
@@ -42,7 +43,8 @@ from gfldet import dist as gdist
 from gfldet.cli import main
 from gfldet.config import load_config
 from gfldet.data.transforms import collate_batch
-from gfldet.engine.trainer import Trainer, gather_detections, unwrap
+from gfldet.engine.evaluator import gather_detections
+from gfldet.engine.trainer import Trainer, unwrap
 
 out, config, sets = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 trainer = Trainer(load_config(config, sets))  # joins the process group torchrun set up
@@ -88,7 +90,7 @@ def tiny_sets(paths: dict, work: Path) -> list[str]:
         "data.train.img_scale=[64,64]", "data.val.img_scale=[64,64]",
         "data.train.batch_size=2", "data.val.batch_size=1",
         "data.train.num_workers=0", "data.val.num_workers=0",
-        "model.backbone.base_width=8", "model.fpn.out_channels=16", "model.head.feat_channels=16",
+        "model.backbone.base_width=8", "model.neck.out_channels=16", "model.head.feat_channels=16",
         "model.head.stacked_convs=1", "model.head.num_groups=4", "model.test.score_thr=0.001",
         "model.backbone.norm_eval=true", "model.head.prior_prob=0.5", "train.epochs=2",
         "train.log_interval=1", "train.warmup_iters=2", "train.eval_interval=0",

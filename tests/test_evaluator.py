@@ -10,19 +10,10 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from gfldet.engine.evaluator import (
-    coco_evaluate,
-    detections_to_coco,
-    format_metrics,
-    predict_dataset,
-)
-from gfldet.engine.visualize import (
-    color_for_label,
-    draw_detections,
-    expand_inputs,
-    prediction_record,
-    write_predictions_json,
-)
+from gfldet.engine.evaluator import coco_evaluate, format_metrics, predict_dataset
+from gfldet.engine.infer import expand_inputs
+from gfldet.engine.records import detections_to_coco, prediction_record, write_predictions_json
+from gfldet.engine.visualize import color_for_label, draw_detections
 
 # Non-contiguous ids; "bird" (5) has no annotations at all.
 CAT_IDS = [2, 5, 9]

@@ -14,7 +14,7 @@ from gfldet.export import DecodedGFL, check_onnx, export_onnx
 ort = pytest.importorskip("onnxruntime")  # the optional "onnx" extra
 
 SETS = ["model.num_classes=3", "model.backbone.depth=18", "model.backbone.base_width=8",
-        "model.backbone.pretrained=null", "model.fpn.out_channels=16",
+        "model.backbone.pretrained=null", "model.neck.out_channels=16",
         "model.head.feat_channels=16", "model.head.stacked_convs=1", "model.head.num_groups=4",
         "model.test.score_thr=0.001", "model.test.nms_pre=0"]  # fmt: skip
 H, W = 64, 96
@@ -51,10 +51,10 @@ def test_onnx_matches_pytorch_and_decodes_like_the_model(model, tmp_path):
     assert (boxes[..., 0::2] >= 0).all() and (boxes[..., 0::2] <= W).all()
 
     # The decoded boxes and scores, thresholded and NMS'd, are exactly the model's detections.
-    tc = model.test_cfg
+    tc = model.test
     s = ref_scores[0]
-    a, c = (s > tc["score_thr"]).nonzero(as_tuple=True)
-    keep = batched_nms(ref_boxes[0][a], s[a, c], c, tc["nms_iou"])[: tc["max_per_img"]]
+    a, c = (s > tc.score_thr).nonzero(as_tuple=True)
+    keep = batched_nms(ref_boxes[0][a], s[a, c], c, tc.nms_iou)[: tc.max_per_img]
     det = model.predict(_image())[0]
     assert len(det["boxes"]) > 10
     torch.testing.assert_close(ref_boxes[0][a[keep]], det["boxes"])

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from gfldet.config import DEFAULTS
-from gfldet.model.backbone import ResNet
-from gfldet.model.detector import build_model
+from gfldet.model.backbones import ResNet
+from gfldet.model.build import build_model
 from gfldet.model.fuse import fold_batchnorms, prepare_for_inference
 
 
@@ -40,7 +40,7 @@ def tiny_model(depth: int = 18, seed: int = 0):
     m = cfg["model"]
     m["num_classes"] = 3
     m["backbone"].update(depth=depth, base_width=8, frozen_stages=-1, norm_eval=False)
-    m["fpn"]["out_channels"] = 16
+    m["neck"]["out_channels"] = 16
     m["head"].update(feat_channels=16, stacked_convs=1, num_groups=4)
     m["test"]["score_thr"] = 0.005  # an untrained model scores ~0.01: keep its detections
     torch.manual_seed(seed)

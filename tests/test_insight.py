@@ -12,8 +12,9 @@ import torch
 from gfldet.cli import main
 from gfldet.engine.curves import read_log, write_training_curves
 from gfldet.engine.evaluator import _ranks, quality_calibration
+from gfldet.engine.records import prediction_record
 from gfldet.engine.uncertainty import edge_uncertainty
-from gfldet.engine.visualize import draw_detections, draw_edge_bands, prediction_record
+from gfldet.engine.visualize import draw_detections, draw_edge_bands
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

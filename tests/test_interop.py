@@ -16,7 +16,7 @@ from gfldet.interop.mmdet import COCO_CAT_IDS, COCO_CLASSES, convert_mmdet, conv
 from gfldet.model.box_ops import grid_points
 
 R50_CFG = "configs/gfl_r50_fpn_1x_coco.yaml"
-TINY = ["model.backbone.depth=18", "model.backbone.base_width=8", "model.fpn.out_channels=16",
+TINY = ["model.backbone.depth=18", "model.backbone.base_width=8", "model.neck.out_channels=16",
         "model.head.feat_channels=16", "model.head.stacked_convs=2", "model.head.num_groups=4",
         "model.backbone.pretrained=null"]  # fmt: skip
 
@@ -107,7 +107,7 @@ def to_mmdet_names(sd: dict) -> dict:
     """gfldet -> MMDetection names, the inverse the converter must undo (written here by hand)."""
     out = {}
     for k, v in sd.items():
-        k = re.sub(r"^fpn\.(lateral_convs|fpn_convs)\.(\d+)\.", r"neck.\1.\2.conv.", k)
+        k = re.sub(r"^neck\.(lateral_convs|fpn_convs)\.(\d+)\.", r"neck.\1.\2.conv.", k)
         out[re.sub(r"^head\.", "bbox_head.", k)] = v
     return out
 
@@ -140,8 +140,8 @@ def test_roundtrip_through_mmdet_names_gives_identical_outputs(tmp_path, capsys)
     assert state["cat_ids"] == list(COCO_CAT_IDS) and state["meta"]["mmdet_version"] == "2.x"
     x = torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)
     with torch.no_grad():
-        feats_ref = ref.fpn(ref.backbone(ref.preprocess(x, None)))
-        feats = model.fpn(model.backbone(model.preprocess(x, None)))
+        feats_ref = ref.features(ref.preprocess(x, None))
+        feats = model.features(model.preprocess(x, None))
         for a, b in zip(ref.head(feats_ref)[:2], model.head(feats)[:2], strict=True):
             assert torch.equal(a, b)
 

@@ -16,11 +16,14 @@ from torchvision.ops import box_iou
 
 from gfldet.config import DEFAULTS
 from gfldet.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from gfldet.model.backbone import ResNet
+from gfldet.model.backbones import ResNet, load_backbone_weights
 from gfldet.model.box_ops import aligned_box_iou, bbox2distance, distance2bbox, grid_points
-from gfldet.model.detector import GFL, build_model
-from gfldet.model.fpn import FPN
-from gfldet.model.head import GFLHead, Integral, Scale
+from gfldet.model.build import build_model
+from gfldet.model.detector import GFL
+from gfldet.model.head import GFLHead, Scale
+from gfldet.model.necks import FPN
+from gfldet.model.options import HeadOptions
+from gfldet.model.representations import Integral
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
@@ -40,7 +43,7 @@ def tiny_cfg(num_classes: int = 3, **test_cfg) -> dict:
     m = cfg["model"]
     m["num_classes"] = num_classes
     m["backbone"].update(depth=18, base_width=8, frozen_stages=-1, norm_eval=False)
-    m["fpn"]["out_channels"] = 16
+    m["neck"]["out_channels"] = 16
     m["head"].update(feat_channels=16, stacked_convs=1, num_groups=4)
     m["test"].update(test_cfg)
     return cfg
@@ -125,7 +128,7 @@ def test_load_pretrained_from_file(tmp_path, wrap):
     path, state = _save_tv_resnet18(tmp_path, wrap)
     net = ResNet(18, 64)
     assert not torch.equal(net.conv1.weight, state["conv1.weight"])
-    net.load_pretrained(str(path))
+    load_backbone_weights(net, str(path))
     own = net.state_dict()
     assert set(own) == {k for k in state if not k.startswith("fc.")}
     for k, v in own.items():
@@ -142,7 +145,7 @@ def test_load_pretrained_by_torchvision_name_without_network(monkeypatch):
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fake_download)
     net = ResNet(18, 64)
-    net.load_pretrained("ResNet18_Weights.IMAGENET1K_V1")
+    load_backbone_weights(net, "ResNet18_Weights.IMAGENET1K_V1")
     assert len(calls) == 1 and calls[0].endswith(".pth")
     assert torch.equal(net.layer4[1].conv2.weight, tv.layer4[1].conv2.weight)
 
@@ -153,7 +156,7 @@ def test_load_pretrained_without_num_batches_tracked(tmp_path):
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     torch.save(state, path)
     net = ResNet(18, 64)
-    net.load_pretrained(str(path))
+    load_backbone_weights(net, str(path))
     assert torch.equal(net.layer3[0].bn2.running_var, state["layer3.0.bn2.running_var"])
 
 
@@ -161,7 +164,7 @@ def test_load_pretrained_wrong_depth_names_keys(tmp_path):
     path = tmp_path / "r34.pth"
     torch.save(torchvision.models.resnet34().state_dict(), path)
     with pytest.raises(ValueError) as info:
-        ResNet(18, 64).load_pretrained(str(path))
+        load_backbone_weights(ResNet(18, 64), str(path))
     msg = str(info.value)
     assert "unexpected keys" in msg and "layer1.2.conv1.weight" in msg
     assert "missing keys" in msg
@@ -171,7 +174,7 @@ def test_load_pretrained_wrong_depth_names_keys(tmp_path):
 def test_load_pretrained_wrong_width_mentions_shape(tmp_path):
     path, _ = _save_tv_resnet18(tmp_path)
     with pytest.raises(ValueError, match="shape") as info:
-        ResNet(18, 32).load_pretrained(str(path))
+        load_backbone_weights(ResNet(18, 32), str(path))
     assert "conv1.weight" in str(info.value)
 
 
@@ -185,7 +188,7 @@ def test_load_pretrained_unknown_name_is_file_not_found(monkeypatch, name):
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_download)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
     with pytest.raises(FileNotFoundError, match="model.backbone.pretrained") as info:
-        ResNet(18, 8).load_pretrained(name)
+        load_backbone_weights(ResNet(18, 8), name)
     assert name in str(info.value)
 
 
@@ -248,7 +251,7 @@ def test_detector_train_reaches_backbone_norm_eval():
 def test_fpn_shapes_strides_and_p6_from_p5_output():
     torch.manual_seed(0)
     backbone = ResNet(18, 8).eval()
-    fpn = FPN(backbone.out_channels, 16, num_extra=2)
+    fpn = FPN(backbone.out_channels, 16, extra_levels=2)
     with torch.no_grad():
         feats = backbone(torch.randn(1, 3, 96, 128))
         outs = fpn(feats)
@@ -284,7 +287,8 @@ def test_fpn_p6_input_is_p5_by_hook():
 
 def test_head_output_shapes_prior_and_scales():
     torch.manual_seed(0)
-    head = GFLHead(num_classes=5, in_channels=16, feat_channels=16, stacked_convs=1, num_groups=4)
+    opts = HeadOptions(feat_channels=16, stacked_convs=1, num_groups=4)
+    head = GFLHead(num_classes=5, in_channels=16, options=opts)
     sizes = [(12, 16), (6, 8), (3, 4), (2, 2), (1, 1)]
     feats = [torch.randn(2, 16, h, w) for h, w in sizes]
     with torch.no_grad():
@@ -302,8 +306,8 @@ def test_head_output_shapes_prior_and_scales():
 def test_head_location_order_and_per_level_scale():
     # Locations are row-major within a level, levels in order; the Scale acts per level.
     torch.manual_seed(0)
-    head = GFLHead(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1, num_groups=4,
-                   reg_max=4, num_levels=2)  # fmt: skip
+    opts = HeadOptions(feat_channels=8, stacked_convs=1, num_groups=4, reg_max=4)
+    head = GFLHead(num_classes=2, in_channels=8, num_levels=2, options=opts)
     feats = [torch.randn(1, 8, 2, 3), torch.randn(1, 8, 1, 2)]
     with torch.no_grad():
         head.scales[1].scale.fill_(3.0)
@@ -620,7 +624,7 @@ def _overfit_sample():
 def test_overfit_one_image():
     torch.manual_seed(0)
     cfg = tiny_cfg(num_classes=2, score_thr=0.0, max_per_img=10)
-    cfg["model"]["fpn"]["out_channels"] = 32
+    cfg["model"]["neck"]["out_channels"] = 32
     cfg["model"]["head"].update(feat_channels=32, num_groups=8)
     model = build_model(cfg).train()
     img, targets = _overfit_sample()

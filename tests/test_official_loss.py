@@ -11,7 +11,8 @@ import torch
 from gfldet.config import DEFAULTS
 from gfldet.model.atss import atss_assign
 from gfldet.model.box_ops import grid_valid_mask, square_anchors
-from gfldet.model.detector import build_model, pad_targets, positives_normaliser
+from gfldet.model.build import build_model
+from gfldet.model.detector import pad_targets, positives_normaliser
 from gfldet.model.losses import quality_focal_loss
 
 STRIDES = [8, 16, 32, 64, 128]
@@ -21,7 +22,7 @@ def tiny_model(num_classes: int = 3):
     cfg = copy.deepcopy(DEFAULTS)
     cfg["model"]["num_classes"] = num_classes
     cfg["model"]["backbone"].update(depth=18, base_width=8)
-    cfg["model"]["fpn"]["out_channels"] = 16
+    cfg["model"]["neck"]["out_channels"] = 16
     cfg["model"]["head"].update(feat_channels=16, stacked_convs=1, num_groups=4)
     torch.manual_seed(0)
     return build_model(cfg)

@@ -299,7 +299,7 @@ def test_extreme_aspect_ratio_trains_evaluates_and_infers(tmp_path, capsys):
             f"data.val.ann_file={ann}", f"data.val.img_dir={imgs}",
             "data.train.img_scale=[128,128]", "data.val.img_scale=[128,128]",
             "data.train.num_workers=0", "data.val.num_workers=0",
-            "data.train.batch_size=2", "model.backbone.base_width=8", "model.fpn.out_channels=16",
+            "data.train.batch_size=2", "model.backbone.base_width=8", "model.neck.out_channels=16",
             "model.head.feat_channels=16", "model.head.stacked_convs=1", "model.head.num_groups=4",
             "train.epochs=1", "train.warmup_iters=1"]  # fmt: skip
     assert main(["train", "--config", DEMO, "--set", *sets]) == 0

@@ -42,7 +42,7 @@ def tiny_sets(paths: dict, work: Path, *extra: str) -> list[str]:
         "data.train.img_scale=[64,64]", "data.val.img_scale=[64,64]",
         "data.train.ms_short_range=[48,64]", "data.train.batch_size=2",
         "data.train.num_workers=0", "data.val.num_workers=0",
-        "model.backbone.base_width=8", "model.fpn.out_channels=16", "model.head.feat_channels=16",
+        "model.backbone.base_width=8", "model.neck.out_channels=16", "model.head.feat_channels=16",
         "model.head.stacked_convs=1", "model.head.num_groups=4", "model.test.score_thr=0.001",
         "train.epochs=1", "train.log_interval=1", "train.warmup_iters=2", "train.eval_interval=0",
         *extra,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import re
 import shutil
@@ -15,26 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..files import atomic_open, torch_load_safely
+
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Writes to a temp file in the same folder, then renames: a crash mid-write (or Ctrl-C)
-    leaves the previous file at `path` intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 & ~umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Writes to a temp file in the same folder, then renames: a crash mid-write (or Ctrl-C,
+    or a full disk) leaves the previous file at `path` intact."""
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
 
 
 def link_checkpoint(src: str | Path, dst: str | Path) -> None:
@@ -111,40 +98,6 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
-
-
-def torch_load_safely(path: Path) -> Any:
-    """torch.load(path, weights_only=True) with one-line errors naming the file: not a
-    checkpoint at all, cut short, or holding pickled objects that could run code (refused)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(2)
-    # torch.save writes a zip archive (PK) or, in its legacy format, a pickle (protocol >= 2).
-    if head[:2] != b"PK" and head[:1] != b"\x80":
-        raise ValueError(
-            f"{path}: not a checkpoint (not a file written by torch.save; it starts with {head!r})"
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        text = _ANSI.sub("", str(e))
-        found = _GLOBAL.search(text)
-        if found:
-            raise ValueError(
-                f"{path}: refused to load: it holds a pickled Python object ({found.group(1)}) "
-                "that is not a tensor or a plain value, and loading it could run code. gfldet "
-                "loads checkpoints with weights_only=True; if you trust the file, load it with "
-                "plain torch and save its state dict."
-            ) from None
-        reason = " ".join(text.split())[:160]
-        raise ValueError(f"{path}: not a readable checkpoint ({reason})") from None
-    except Exception as e:  # noqa: BLE001 - the unpickler raises many types on junk input
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Loads a checkpoint without executing code from it (weights_only=True).
 
@@ -165,8 +118,12 @@ def load_model_weights(
     model: nn.Module, state: dict[str, Any], path: str | Path, key: str = "model"
 ) -> None:
     """Strictly loads state[key] ("model", or "ema" for the averaged weights) into model; a
-    mismatch names a few keys and shapes."""
+    mismatch names a few keys and shapes. Checkpoints of gfldet 0.1 named the neck `fpn`."""
     weights = state[key]
+    if any(k.startswith("fpn.") for k in weights) and not any(
+        k.startswith("neck.") for k in weights
+    ):
+        weights = {("neck." + k[4:] if k.startswith("fpn.") else k): v for k, v in weights.items()}
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluator import atomic_open
+from ..files import atomic_open
 
 
 def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:

@@ -1,87 +1,30 @@
-"""COCO-style bbox evaluation: model outputs -> COCO results -> pycocotools metrics."""
+"""COCO-style bbox evaluation: a dataset predicted (sharded over processes under torchrun), its
+COCO results scored by pycocotools, and the metrics, tables and plots."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
+import logging
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import dist as gdist
+from ..files import atomic_open, write_json_atomic
+from .records import detections_to_coco
+
+log = logging.getLogger("gfldet")
+
 # Order of COCOeval.stats (the 12 standard summary lines).
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 PR_GROUP = 10  # classes per precision-recall plot
-
-
-def to_numpy(x: Any) -> np.ndarray:
-    """Tensor (any device) or array-like -> numpy array."""
-    if isinstance(x, torch.Tensor):
-        return x.detach().float().cpu().numpy() if x.is_floating_point() else x.cpu().numpy()
-    return np.asarray(x)
-
-
-def _json_safe(obj: Any) -> Any:
-    """Replace NaN/inf floats by None so the file is strict JSON (readable by any parser)."""
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Like open(path, mode) for writing, but through a temp file in the same folder that
-    replaces `path` only once the block completes: readers (or a crash mid-write) never see a
-    truncated file. The file gets the permissions a plain open() would give it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-        umask = os.umask(0)  # mkstemp makes 0600 files; give 0666 & ~umask like open()
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(obj: Any, path: str | Path, indent: int | None = None) -> None:
-    """Write JSON atomically (see atomic_open); NaN/inf become null (strict JSON)."""
-    with atomic_open(path) as f:
-        json.dump(_json_safe(obj), f, indent=indent)
-
-
-def detections_to_coco(image_id: int, det: dict, cat_ids: list[int]) -> list[dict]:
-    """Convert one image's model output (xyxy boxes, contiguous labels) to COCO result dicts
-    with ``bbox`` = [x, y, w, h] and ``category_id`` = the original dataset id."""
-    boxes = to_numpy(det["boxes"]).reshape(-1, 4).astype(np.float64)
-    scores = to_numpy(det["scores"]).reshape(-1)
-    labels = to_numpy(det["labels"]).reshape(-1).astype(np.int64)
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-    return [
-        {
-            "image_id": int(image_id),
-            "category_id": int(cat_ids[label]),
-            "bbox": [round(float(v), 2) for v in box],
-            "score": float(score),
-        }
-        for box, score, label in zip(xywh, scores, labels, strict=True)
-    ]
 
 
 @torch.inference_mode()
@@ -325,9 +268,9 @@ def coco_evaluate(
         write_json_atomic(metrics, out_dir / "metrics.json", indent=2)
         write_per_class_csv(metrics["per_class"], out_dir / "per_class.csv")
         if plots:
-            from .visualize import plot_pr_curves, plot_reliability
+            from .plots import plot_pr_curves, plot_reliability
 
-            plot_reliability(*matched, out_dir / "calibration.png")
+            plot_reliability(*matched, metrics["quality"], out_dir / "calibration.png")
             for old in out_dir.glob("pr_curves_*.png"):  # a previous run's groups
                 old.unlink()
             names = list(pr_curves)
@@ -346,3 +289,67 @@ def format_metrics(metrics: dict) -> str:
             continue
         parts.append(f"{key} {'-' if math.isnan(value) else f'{value:.3f}'}")
     return " | ".join(parts)
+
+
+class _Recorded:
+    """Iterates a loader, recording the image ids it yields and leaving out empty batches
+    (all images unreadable and skipped)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader, self.ids = loader, []
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        for images, targets in self.loader:
+            if targets:
+                self.ids.extend(int(t["image_id"]) for t in targets)
+                yield images, targets
+
+
+def gather_detections(
+    model: torch.nn.Module, loader: Any, device: torch.device
+) -> tuple[list, list[int]]:
+    """Predicts this rank's share of the loader's images and gathers everything on rank 0.
+
+    Returns (COCO results, ids of the images predicted) on rank 0 and ([], []) on the others.
+    Each image's detections appear exactly once, however the loader shards (or pads) the set
+    over ranks; images skipped as unreadable (data.skip_bad_images) are not among the ids.
+    """
+    seen = _Recorded(loader)
+    cat_ids = loader.dataset.cat_ids
+    results = predict_dataset(model, seen, device, progress=gdist.is_main(), cat_ids=cat_ids)
+    parts = gdist.all_gather_object((seen.ids, results))
+    if not gdist.is_main():
+        return [], []
+    owner: dict[int, int] = {}  # image id -> the first rank that predicted it
+    for r, (ids, _) in enumerate(parts):
+        for i in ids:
+            owner.setdefault(i, r)
+    results = [d for r, (_, res) in enumerate(parts) for d in res if owner[d["image_id"]] == r]
+    return results, sorted(owner)
+
+
+def evaluate(
+    model: torch.nn.Module,
+    loader: Any,
+    device: torch.device,
+    out_dir: Path | None,
+    plots: bool = True,
+) -> dict:
+    """COCO evaluation of the loader's images, predicted in shards by all ranks (see
+    gather_detections). Returns the metrics on rank 0 and {} on the others; with `out_dir`,
+    rank 0 writes detections.json, metrics.json (and plots, see coco_evaluate)."""
+    ds = loader.dataset
+    results, ids = gather_detections(model, loader, device)
+    if not gdist.is_main():
+        return {}
+    img_ids = None
+    if len(ids) < len(ds.img_ids):
+        log.warning(
+            "evaluation: %d of %d images could not be read and are left out of the scoring",
+            len(ds.img_ids) - len(ids), len(ds.img_ids),
+        )  # fmt: skip
+        img_ids = ids
+    return coco_evaluate(ds.coco, results, ds.class_names, ds.cat_ids, out_dir, img_ids, plots)

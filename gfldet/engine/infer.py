@@ -3,6 +3,7 @@ predictions.json. (Videos and image sequences: gfldet.engine.video.)"""
 
 from __future__ import annotations
 
+import glob
 import logging
 import sys
 from pathlib import Path
@@ -13,10 +14,69 @@ from tqdm import tqdm
 from ..data.coco import BadImageError, load_image
 from ..data.transforms import rescale_size
 from .predictor import Predictor
+from .records import prediction_record, write_predictions_json
 from .uncertainty import edge_uncertainty
-from .visualize import draw_detections, prediction_record, write_predictions_json
+from .visualize import draw_detections
 
 log = logging.getLogger("gfldet")
+
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTS
+
+
+def _images_at(path: Path, exclude: Path | None) -> list[Path]:
+    if path.is_dir():
+        found = (p for p in path.rglob("*") if _is_image(p))
+        return sorted(p for p in found if exclude is None or not _is_within(p, exclude))
+    return [path] if _is_image(path) else []
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies below it (after resolving links and '..')."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def expand_inputs(inputs: list[str], exclude: Path | None = None) -> list[Path]:
+    """Expand image files, folders (recursive) and glob patterns into a list of image paths.
+
+    Order follows ``inputs`` (each one's matches sorted); duplicates are dropped. Images below
+    ``exclude`` (the output folder) found by searching a folder or a glob are left out, so that
+    a command run twice never takes its own outputs as inputs; an input given by name that lies
+    there is an error. Raises ``FileNotFoundError`` listing every input that matched no image,
+    so typos are not silent.
+    """
+    found: list[Path] = []
+    seen: set[Path] = set()
+    unmatched: list[str] = []
+    for inp in inputs:
+        path = Path(inp)
+        if path.exists():
+            if exclude is not None and _is_within(path, exclude):
+                raise ValueError(
+                    f"--out-dir {exclude} holds the input {inp}: drawn images would overwrite "
+                    "the inputs or be read back as inputs next time; choose an --out-dir outside "
+                    f"the inputs (e.g. {path if path.is_dir() else path.parent}/predicted)"
+                )
+            matches = _images_at(path, exclude)
+        else:
+            hits = sorted(glob.glob(inp, recursive=True))
+            matches = [m for hit in hits for m in _images_at(Path(hit), exclude)]
+            if exclude is not None:
+                matches = [m for m in matches if not _is_within(m, exclude)]
+        if not matches:
+            unmatched.append(inp)
+        for m in matches:
+            key = m.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(m)
+    if unmatched:
+        raise FileNotFoundError(f"no images matched: {', '.join(unmatched)}")
+    return found
 
 
 def detect_with_uncertainty(predictor: Predictor, rgb) -> dict:
@@ -26,7 +86,9 @@ def detect_with_uncertainty(predictor: Predictor, rgb) -> dict:
     if "dists" in det:
         scale = rescale_size(rgb.shape[1], rgb.shape[0], predictor.transform.img_scale)
         det.update(
-            edge_uncertainty(det["dists"], det["strides"], predictor.model.bin_width, scale[2:])
+            edge_uncertainty(
+                det["dists"], det["strides"], predictor.model.head.box.bin_width, scale[2:]
+            )  # fmt: skip
         )
     return det
 

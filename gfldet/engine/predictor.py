@@ -11,10 +11,11 @@ import torch
 
 from ..data.coco import load_image
 from ..data.transforms import TestTransform, collate_batch
-from ..model.detector import GFL, build_model
+from ..model.build import build_model
+from ..model.detector import GFL
 from ..model.fuse import prepare_for_inference
 from .checkpoint import load_checkpoint, load_model_weights
-from .trainer import resolve_device, resolve_num_classes
+from .runtime import resolve_device, resolve_num_classes
 
 log = logging.getLogger("gfldet")
 

@@ -19,7 +19,6 @@ import logging
 import logging.handlers
 import math
 import os
-import random
 import shlex
 import signal
 import sys
@@ -29,7 +28,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -39,7 +37,8 @@ from .. import dist as gdist
 from ..config import dump_config
 from ..data.loader import build_dataloader, build_dataset
 from ..dist import init_distributed
-from ..model.detector import GFL, build_model
+from ..model.build import build_model
+from ..model.detector import GFL
 from ..model.fuse import prepare_for_inference
 from .checkpoint import (
     link_checkpoint,
@@ -51,20 +50,21 @@ from .checkpoint import (
     set_rng_state,
 )
 from .curves import write_training_curves
-from .evaluator import coco_evaluate, format_metrics, predict_dataset
+from .evaluator import evaluate, format_metrics
+from .optim import build_optimizer, lr_at
 from .run_dir import check_work_dir, move_run_aside, new_run_problem
+from .runtime import (
+    configure_determinism,
+    resolve_device,
+    resolve_num_classes,
+    seed_everything,
+    setup_logging,
+    start_log_file,
+)
 
-__all__ = [
-    "Trainer",
-    "TrainingInterrupted",
-    "evaluate",
-    "gather_detections",
-    "init_distributed",
-    "train",
-]
+__all__ = ["Trainer", "TrainingInterrupted", "train"]
 
 log = logging.getLogger("gfldet")
-LOG_FORMAT = ("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -72,153 +72,8 @@ class TrainingInterrupted(KeyboardInterrupt):
     gives the command that resumes the run."""
 
 
-def setup_logging(work_dir: Path | None = None) -> None:
-    """Console logging on the main rank. With `work_dir`, records are also kept in memory until
-    `start_log_file(work_dir)` writes them (and all later ones) to WORK_DIR/train.log: nothing
-    is written into a run's folder before the run is known to be valid."""
-    log.handlers.clear()
-    log.setLevel(logging.INFO if gdist.is_main() else logging.WARNING)
-    log.propagate = False
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(logging.Formatter(*LOG_FORMAT))
-    log.addHandler(console)
-    if work_dir is not None and gdist.is_main():
-        log.addHandler(logging.handlers.MemoryHandler(1 << 20, logging.CRITICAL + 1))
-
-
-def start_log_file(work_dir: Path) -> None:
-    """Sends the records kept since setup_logging, and every later one, to WORK_DIR/train.log."""
-    if not gdist.is_main():
-        return
-    file = logging.FileHandler(work_dir / "train.log")
-    file.setFormatter(logging.Formatter(*LOG_FORMAT))
-    for h in list(log.handlers):
-        if isinstance(h, logging.handlers.MemoryHandler):
-            h.setTarget(file)
-            h.flush()
-            log.removeHandler(h)
-    log.addHandler(file)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> this rank's GPU when CUDA is available, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device '{name}' requested but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def configure_determinism(enabled: bool) -> None:
-    """train.deterministic: deterministic kernels wherever torch has them. On the CPU training
-    is then bitwise reproducible (and resumable); on CUDA the few ops without a deterministic
-    kernel only warn."""
-    if not enabled:
-        return
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-
-
-def resolve_num_classes(cfg: dict, class_names: list[str], source: str) -> None:
-    """model.num_classes from the dataset when unset; a mismatch is an error."""
-    n = cfg["model"]["num_classes"]
-    if n is None:
-        cfg["model"]["num_classes"] = len(class_names)
-    elif n != len(class_names):
-        raise ValueError(f"model.num_classes is {n} but {source} has {len(class_names)} categories")
-
-
-def lr_at(cfg: dict, base_lr: float, epoch: int, it: int) -> float:
-    """Step decay by epoch with a linear warm-up over the first iterations (global iter `it`)."""
-    t = cfg["train"]
-    lr = base_lr * t["lr_gamma"] ** sum(epoch >= s for s in t["lr_steps"])
-    if it < t["warmup_iters"]:
-        lr *= 1 - (1 - it / t["warmup_iters"]) * (1 - t["warmup_ratio"])
-    return lr
-
-
-def build_optimizer(model: nn.Module, t: dict, lr: float) -> torch.optim.Optimizer:
-    """SGD with momentum (the official recipe) or AdamW, over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if t["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr, momentum=t["momentum"], weight_decay=t["weight_decay"])
-    if t["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr, weight_decay=t["weight_decay"])
-    raise ValueError(f"train.optimizer must be 'sgd' or 'adamw', got {t['optimizer']!r}")
-
-
 def unwrap(model: nn.Module) -> GFL:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-class _Recorded:
-    """Iterates a loader, recording the image ids it yields and leaving out empty batches
-    (all images unreadable and skipped)."""
-
-    def __init__(self, loader: Any) -> None:
-        self.loader, self.ids = loader, []
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator:
-        for images, targets in self.loader:
-            if targets:
-                self.ids.extend(int(t["image_id"]) for t in targets)
-                yield images, targets
-
-
-def gather_detections(model: GFL, loader: Any, device: torch.device) -> tuple[list, list[int]]:
-    """Predicts this rank's share of the loader's images and gathers everything on rank 0.
-
-    Returns (COCO results, ids of the images predicted) on rank 0 and ([], []) on the others.
-    Each image's detections appear exactly once, however the loader shards (or pads) the set
-    over ranks; images skipped as unreadable (data.skip_bad_images) are not among the ids.
-    """
-    seen = _Recorded(loader)
-    cat_ids = loader.dataset.cat_ids
-    results = predict_dataset(model, seen, device, progress=gdist.is_main(), cat_ids=cat_ids)
-    parts = gdist.all_gather_object((seen.ids, results))
-    if not gdist.is_main():
-        return [], []
-    owner: dict[int, int] = {}  # image id -> the first rank that predicted it
-    for r, (ids, _) in enumerate(parts):
-        for i in ids:
-            owner.setdefault(i, r)
-    results = [d for r, (_, res) in enumerate(parts) for d in res if owner[d["image_id"]] == r]
-    return results, sorted(owner)
-
-
-def evaluate(
-    model: GFL, loader: Any, device: torch.device, out_dir: Path | None, plots: bool = True
-) -> dict:
-    """COCO evaluation of the loader's images, predicted in shards by all ranks (see
-    gather_detections). Returns the metrics on rank 0 and {} on the others; with `out_dir`,
-    rank 0 writes detections.json, metrics.json (and plots, see coco_evaluate)."""
-    ds = loader.dataset
-    results, ids = gather_detections(model, loader, device)
-    if not gdist.is_main():
-        return {}
-    img_ids = None
-    if len(ids) < len(ds.img_ids):
-        log.warning(
-            "evaluation: %d of %d images could not be read and are left out of the scoring",
-            len(ds.img_ids) - len(ids), len(ds.img_ids),
-        )  # fmt: skip
-        img_ids = ids
-    return coco_evaluate(ds.coco, results, ds.class_names, ds.cat_ids, out_dir, img_ids, plots)
 
 
 class Trainer:

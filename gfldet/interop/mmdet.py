@@ -4,8 +4,8 @@ MMDetection's GFL is ResNet (`backbone.*`) + FPN (`neck.*`) + GFLHead (`bbox_hea
 keeps the same module structure and most of the names, so the conversion is a renaming:
 
     backbone.X                          -> backbone.X (ResNet names as torchvision's)
-    neck.lateral_convs.N.conv.{w,b}     -> fpn.lateral_convs.N.{w,b}
-    neck.fpn_convs.N.conv.{w,b}         -> fpn.fpn_convs.N.{w,b} (N >= 3: the P6/P7 convs)
+    neck.lateral_convs.N.conv.{w,b}     -> neck.lateral_convs.N.{w,b}
+    neck.fpn_convs.N.conv.{w,b}         -> neck.fpn_convs.N.{w,b} (N >= 3: the P6/P7 convs)
     bbox_head.{cls,reg}_convs.N.conv/gn -> head.{cls,reg}_convs.N.conv/gn
     bbox_head.gfl_cls / gfl_reg         -> head.gfl_cls / gfl_reg
     bbox_head.scales.N.scale            -> head.scales.N.scale
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..engine.checkpoint import torch_load_safely
+from ..files import torch_load_safely
 
 # COCO 2017 detection categories in id order: MMDetection's CocoDataset.CLASSES and the
 # "categories" of instances_{train,val}2017.json.
@@ -58,7 +58,10 @@ _RULES: list[tuple[re.Pattern, str]] = [
         re.compile(r"^backbone\.(layer[1-4]\.\d+\.(?:conv[1-3]|bn[1-3]|downsample\.[01])\.\w+)$"),
         r"backbone.\1",
     ),
-    (re.compile(r"^neck\.(lateral_convs|fpn_convs)\.(\d+)\.conv\.(weight|bias)$"), r"fpn.\1.\2.\3"),
+    (
+        re.compile(r"^neck\.(lateral_convs|fpn_convs)\.(\d+)\.conv\.(weight|bias)$"),
+        r"neck.\1.\2.\3",
+    ),
     (
         re.compile(r"^bbox_head\.((?:cls|reg)_convs\.\d+\.(?:conv|gn)\.(?:weight|bias))$"),
         r"head.\1",
@@ -189,7 +192,7 @@ def describe(state: dict[str, Tensor]) -> dict[str, int]:
     return {
         "backbone.depth": depth.get(counts, -1),
         "backbone.base_width": int(state["backbone.conv1.weight"].shape[0]),
-        "fpn.out_channels": int(state["fpn.lateral_convs.0.weight"].shape[0]),
+        "neck.out_channels": int(state["neck.lateral_convs.0.weight"].shape[0]),
         "head.stacked_convs": stacked,
         "head.feat_channels": int(state["head.gfl_reg.weight"].shape[1]),
         "head.reg_max": int(state["head.gfl_reg.weight"].shape[0]) // 4 - 1,

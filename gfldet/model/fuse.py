@@ -25,10 +25,12 @@ from .detector import GFL
 def fold_batchnorms(module: nn.Module) -> int:
     """Folds, in place, every eval-mode BatchNorm that directly follows a conv into that conv.
 
-    The pairs come from `conv_bn_pairs()` of every submodule that defines it (gfldet's ResNet;
-    the FPN and the head have no BatchNorm). A folded BatchNorm becomes nn.Identity and its
-    conv gets the folded weight and a bias. BatchNorms still in training mode are left as they
-    are (their output depends on the batch). Returns the number folded.
+    The pairs come from `conv_bn_pairs()` of every submodule that defines it (the backbones and
+    the head's towers; see gfldet.model.interfaces). A folded BatchNorm becomes nn.Identity and
+    its conv gets the folded weight and a bias. When the norm is a ModuleList of per-level
+    BatchNorms after one shared conv (the head's per_level_norm), the conv becomes a
+    ModuleList of per-level folded convs. BatchNorms still in training mode are left as they
+    are (their output depends on the batch). Returns the number of BatchNorms folded.
     """
     folded = 0
     for owner in list(module.modules()):
@@ -37,7 +39,9 @@ def fold_batchnorms(module: nn.Module) -> int:
             continue
         for parent, conv_name, bn_name in pairs():
             conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
-            if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.training:
+            norms = list(bn) if isinstance(bn, nn.ModuleList) else [bn]
+            if not all(isinstance(n, nn.modules.batchnorm._BatchNorm) and not n.training
+                       for n in norms):  # fmt: skip
                 continue
             if not isinstance(conv, nn.Conv2d):
                 raise TypeError(
@@ -47,11 +51,14 @@ def fold_batchnorms(module: nn.Module) -> int:
             # fuse_conv_bn_eval asks for both modules in eval mode; the conv's mode is moot.
             was_training = conv.training
             conv.eval()
-            fused = fuse_conv_bn_eval(conv, bn)
-            fused.train(was_training)
-            setattr(parent, conv_name, fused)
-            setattr(parent, bn_name, nn.Identity())
-            folded += 1
+            fused = [fuse_conv_bn_eval(conv, n).train(was_training) for n in norms]
+            if isinstance(bn, nn.ModuleList):
+                setattr(parent, conv_name, nn.ModuleList(fused))
+                setattr(parent, bn_name, nn.ModuleList(nn.Identity() for _ in norms))
+            else:
+                setattr(parent, conv_name, fused[0])
+                setattr(parent, bn_name, nn.Identity())
+            folded += len(norms)
     return folded
 
 
@@ -64,9 +71,9 @@ def _refuse_training(model: nn.Module, args: Any) -> None:
 
 
 def prepare_for_inference(model: GFL, channels_last: bool = True) -> GFL:
-    """A copy of `model` for inference: eval mode, BatchNorms of the backbone (and FPN, where it
-    has any) folded into their convs, and the weights in NHWC layout (`channels_last`) or else
-    in NCHW.
+    """A copy of `model` for inference: eval mode, BatchNorms of the backbone, neck and head
+    (where they have any) folded into their convs, and the weights in NHWC layout
+    (`channels_last`) or else in NCHW.
 
     Detections equal the original's up to float rounding (about 1e-5 relative). Feed the images
     in channels_last too (`images.contiguous(memory_format=torch.channels_last)`); NCHW input
@@ -75,8 +82,7 @@ def prepare_for_inference(model: GFL, channels_last: bool = True) -> GFL:
     gfldet checkpoint, so save the original.
     """
     fast = copy.deepcopy(model).eval()
-    fold_batchnorms(fast.backbone)
-    fold_batchnorms(fast.fpn)
+    fold_batchnorms(fast)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     fast = fast.to(memory_format=layout)
     fast.register_forward_pre_hook(_refuse_training)

@@ -1,7 +1,9 @@
-"""The GFL head: shared conv towers, joint class-quality scores and edge distributions.
+"""The GFL head: conv towers shared over levels, joint class-quality scores and box outputs.
 
-The paper's ablations are switches of the same head: a separate quality branch (Table 1(a)) and
-the Dirac-delta or Gaussian box representations (Table 2(a)).
+The box and quality representations (gfldet.model.representations) decide the regression
+channels and any extra branch; the towers' convs are standard (GFL) or depthwise-separable
+(NanoDet-style, for CPUs), their norms GroupNorm (GFL) or BatchNorm, shared over levels or one
+per level.
 """
 
 from __future__ import annotations
@@ -12,26 +14,70 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .options import QUALITIES
-
-SEPARATE_QUALITIES = ("centerness", "iou")  # the ones with their own output branch
-REG_CHANNELS = {  # box representation -> reg output channels per location, given reg_max
-    "general": lambda n: 4 * (n + 1),
-    "dirac": lambda n: 4,
-    "gaussian": lambda n: 8,
-}
+from .options import HeadOptions
+from .representations import QUALITY_REPRESENTATIONS, box_representation
 
 
-class ConvGNReLU(nn.Module):
-    """3x3 conv (no bias) + GroupNorm + ReLU; attribute names match MMDetection's ConvModule."""
+def _norm(kind: str, channels: int, groups: int) -> nn.Module:
+    return nn.GroupNorm(groups, channels) if kind == "gn" else nn.BatchNorm2d(channels)
 
-    def __init__(self, cin: int, cout: int, groups: int) -> None:
+
+class ConvNormAct(nn.Module):
+    """A 3x3 conv, its norm and ReLU; or, depthwise-separable, a 3x3 depthwise conv + norm +
+    ReLU, then a 1x1 pointwise conv + norm + ReLU. Attribute names are MMDetection's ConvModule
+    (`conv`, `gn` / `bn`) and NanoDet's DepthwiseConvModule (`depthwise`, `dwnorm`,
+    `pointwise`, `pwnorm`).
+
+    With `num_levels` > 1 every norm is a ModuleList holding one norm per pyramid level (the
+    convs stay shared): forward(x, level) uses that level's. After BatchNorm folding
+    (gfldet.model.fuse) a conv may likewise be a list of per-level convs.
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        conv: str = "standard",
+        norm: str = "gn",
+        groups: int = 32,
+        num_levels: int = 1,
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-        self.gn = nn.GroupNorm(groups, cout)
+        self.depthwise_separable = conv == "depthwise"
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.gn(self.conv(x)), inplace=True)
+        def norms(channels: int) -> nn.Module:
+            if num_levels == 1:
+                return _norm(norm, channels, groups)
+            return nn.ModuleList(_norm(norm, channels, groups) for _ in range(num_levels))
+
+        if self.depthwise_separable:
+            self.depthwise = nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False)
+            self.dwnorm = norms(cin)
+            self.pointwise = nn.Conv2d(cin, cout, 1, bias=False)
+            self.pwnorm = norms(cout)
+            self.pairs = [("depthwise", "dwnorm"), ("pointwise", "pwnorm")]
+        else:
+            self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+            self.add_module(norm, norms(cout))
+            self.pairs = [("conv", norm)]
+
+    def conv_bn_pairs(self) -> list[tuple[nn.Module, str, str]]:
+        """(self, conv, norm) pairs whose norm is BatchNorm (or a list of per-level ones)."""
+        out = []
+        for conv, norm in self.pairs:
+            n = getattr(self, norm)
+            first = n[0] if isinstance(n, nn.ModuleList) else n
+            if isinstance(first, nn.modules.batchnorm._BatchNorm):
+                out.append((self, conv, norm))
+        return out
+
+    def forward(self, x: Tensor, level: int = 0) -> Tensor:
+        for conv, norm in self.pairs:
+            c, n = getattr(self, conv), getattr(self, norm)
+            c = c[level] if isinstance(c, nn.ModuleList) else c
+            n = n[level] if isinstance(n, nn.ModuleList) else n
+            x = F.relu(n(c(x)), inplace=True)
+        return x
 
 
 class Scale(nn.Module):
@@ -45,87 +91,48 @@ class Scale(nn.Module):
         return x * self.scale
 
 
-# exp() of a Dirac / Gaussian edge output is capped here: e^9.2 ~ 1e4 strides, far beyond any
-# box, and finite in fp16 (whose max is 65504), so AMP cannot turn a spike into inf.
-MAX_LOG_DISTANCE = 9.2
-
-
-class Integral(nn.Module):
-    """Expectation of each edge's discrete distribution over the bins 0, Δ, ..., nΔ.
-
-    forward: logits [..., 4 * (n+1)] -> distances [..., 4] (in strides).
-    """
-
-    def __init__(self, reg_max: int = 16, bin_width: float = 1.0) -> None:
-        super().__init__()
-        self.reg_max = reg_max
-        self.register_buffer("project", torch.arange(reg_max + 1) * bin_width, persistent=False)
-
-    def forward(self, logits: Tensor) -> Tensor:
-        probs = logits.unflatten(-1, (4, self.reg_max + 1)).softmax(-1)
-        return probs @ self.project.to(probs.dtype)
-
-
-def exp_distance(x: Tensor) -> Tensor:
-    """Dirac-delta (and Gaussian-mean) decoding of the Scale'd head output x [..., 4]: the edge
-    distances exp(x) in strides, as FCOS. exp keeps every edge positive and alive (ReLU would
-    leave negative outputs without gradient) and starts near 1 stride at init."""
-    return x.clamp(max=MAX_LOG_DISTANCE).exp()
-
-
 class GFLHead(nn.Module):
-    """Shared over levels: a cls tower and a reg tower of `stacked_convs` x [conv, GN, ReLU].
+    """A cls tower and a reg tower of `stacked_convs` x ConvNormAct, shared over levels.
 
-    gfl_cls gives C sigmoid logits per location; gfl_reg gives the box outputs, times a
-    per-level Scale; with a separate quality branch, gfl_quality (on the reg tower, as ATSS's
-    centerness) gives one more logit per location.
+    gfl_cls gives C sigmoid logits per location; gfl_reg gives the box representation's R
+    outputs, times a per-level Scale; a quality representation with a branch adds gfl_quality
+    (on the reg tower, as ATSS's centerness): one more logit per location.
 
-    quality: "joint" (GFL: the class score is the quality, no extra branch), "none",
-    "centerness" / "iou" (separate branch), "centerness_guided" / "iou_guided" (no branch:
-    the quality only weights the loss). box: the reg output per location is
-    "general" 4*(reg_max+1) distribution logits, "dirac" 4 values (distances exp(x) strides),
-    "gaussian" 8 values (4 means as dirac, then 4 log-variances); the Scale multiplies all of
-    them.
+    `box` and `quality` are the representation objects the detector asks how to decode, which
+    losses to add and how to score (gfldet.model.representations).
 
     forward: [P_l [B, F, H_l, W_l]] -> (cls [B, A, C], reg [B, A, R], quality [B, A, 1] or
-    None when there is no separate branch), A = sum H_l*W_l, locations of each level in
-    row-major order, levels in order; R = `reg_channels`.
+    None without a branch), A = sum H_l*W_l, locations of each level in row-major order, levels
+    in order; R = box.channels.
     """
 
     def __init__(
         self,
         num_classes: int,
         in_channels: int = 256,
-        feat_channels: int = 256,
-        stacked_convs: int = 4,
-        num_groups: int = 32,
-        reg_max: int = 16,
         num_levels: int = 5,
-        prior_prob: float = 0.01,
-        quality: str = "joint",
-        box: str = "general",
+        options: HeadOptions | None = None,
     ) -> None:
         super().__init__()
-        if box not in REG_CHANNELS:
-            raise ValueError(f"box must be one of {', '.join(REG_CHANNELS)}, got {box!r}")
-        if quality not in QUALITIES:
-            raise ValueError(f"quality must be one of {', '.join(QUALITIES)}, got {quality!r}")
-        self.num_classes, self.reg_max = num_classes, reg_max
-        self.quality, self.box = quality, box
-        self.reg_channels = REG_CHANNELS[box](reg_max)
+        o = options or HeadOptions()
+        self.num_classes, self.reg_max = num_classes, o.reg_max
+        self.box = box_representation(o.box, o.reg_max, o.bin_width)
+        self.quality = QUALITY_REPRESENTATIONS[o.quality]
+        levels = num_levels if o.per_level_norm else 1
 
         def tower() -> nn.ModuleList:
-            chans = [in_channels] + [feat_channels] * stacked_convs
-            return nn.ModuleList(ConvGNReLU(a, b, num_groups) for a, b in zip(chans, chans[1:]))
+            chans = [in_channels] + [o.feat_channels] * o.stacked_convs
+            return nn.ModuleList(
+                ConvNormAct(a, b, o.conv, o.norm, o.num_groups, levels)
+                for a, b in zip(chans, chans[1:])
+            )
 
         self.cls_convs, self.reg_convs = tower(), tower()
-        tower_out = feat_channels if stacked_convs > 0 else in_channels
+        tower_out = o.feat_channels if o.stacked_convs > 0 else in_channels
         self.gfl_cls = nn.Conv2d(tower_out, num_classes, 3, padding=1)
-        self.gfl_reg = nn.Conv2d(tower_out, self.reg_channels, 3, padding=1)
+        self.gfl_reg = nn.Conv2d(tower_out, self.box.channels, 3, padding=1)
         # Registered after gfl_reg so that GFL's own initialisation draws are unchanged.
-        self.gfl_quality = (
-            nn.Conv2d(tower_out, 1, 3, padding=1) if quality in SEPARATE_QUALITIES else None
-        )
+        self.gfl_quality = nn.Conv2d(tower_out, 1, 3, padding=1) if self.quality.branch else None
         self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -133,16 +140,16 @@ class GFLHead(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         # Start every score at prior_prob so the many negatives don't swamp the first steps.
-        nn.init.constant_(self.gfl_cls.bias, -math.log((1 - prior_prob) / prior_prob))
+        nn.init.constant_(self.gfl_cls.bias, -math.log((1 - o.prior_prob) / o.prior_prob))
 
     def forward(self, feats: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
         cls_out, reg_out, quality_out = [], [], []
-        for x, scale in zip(feats, self.scales):
+        for level, (x, scale) in enumerate(zip(feats, self.scales)):
             c = r = x
             for conv in self.cls_convs:
-                c = conv(c)
+                c = conv(c, level)
             for conv in self.reg_convs:
-                r = conv(r)
+                r = conv(r, level)
             cls_out.append(self.gfl_cls(c).flatten(2))
             reg_out.append(scale(self.gfl_reg(r)).flatten(2))
             if self.gfl_quality is not None:

@@ -12,7 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
+from .options import LossOptions
+
 __all__ = [
+    "classification_loss",
     "quality_focal_loss",
     "distribution_focal_loss",
     "giou_loss",
@@ -98,3 +101,39 @@ def varifocal_loss(
     weight = torch.where(pos, pos_weight, alpha * (sig - targets).abs().pow(gamma))
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     return _reduce(bce * weight, reduction)
+
+
+def classification_loss(
+    logits: Tensor,
+    labels: Tensor,
+    scores: Tensor,
+    weight: Tensor,
+    opts: LossOptions,
+    guided_pos: Tensor | None = None,
+    guided_q: Tensor | None = None,
+) -> tuple[str, Tensor]:
+    """The classification loss of `opts.cls`, summed, and its name ("loss_qfl", ...).
+
+    logits [N, C]; labels [N] in 0..C (C = background); scores [N]: the target at the labelled
+    class (the IoU for QFL / VFL, 1 for focal's one-hot targets); weight [N] per location
+    (0: not counted). Guided focal loss (IoU-balanced classification, Wu et al. 2019, η = 1):
+    guided_pos [P] the positives' indices and guided_q [P] their quality; each positive's
+    gt-class loss is multiplied by w_i = q_i · Σ_j FL_j / Σ_j q_j·FL_j (q detached), which
+    keeps the positives' total and the one-hot optimum but favours well-localised ones.
+    """
+    c = logits.shape[1]
+    w = weight[:, None]
+    if opts.cls == "qfl":
+        loss = quality_focal_loss(logits, labels, scores, opts.qfl_beta, "none")
+        return "loss_qfl", (loss * w).sum()
+    target = soft_targets(labels, scores, c)
+    if opts.cls == "vfl":
+        loss = varifocal_loss(logits, target, opts.vfl_alpha, opts.vfl_gamma, True, "none")
+        return "loss_vfl", (loss * w).sum()
+    fl = sigmoid_focal_loss(logits, target, opts.focal_alpha, opts.focal_gamma, "none") * w
+    if guided_pos is None:
+        return "loss_focal", fl.sum()
+    fl_pos = fl[guided_pos, labels[guided_pos]]
+    qd, fd = guided_q.detach().to(fl.dtype), fl_pos.detach()
+    wq = qd * fd.sum() / (qd * fd).sum().clamp(min=torch.finfo(fl.dtype).tiny)
+    return "loss_focal", fl.sum() + ((wq - 1) * fl_pos).sum()

@@ -7,38 +7,67 @@ switches of the paper's ablations are documented in docs/ablations.md. Pure Pyth
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ..options import OptionError, option, section
 
-QUALITIES = ("joint", "none", "centerness", "iou", "centerness_guided", "iou_guided")
-BOXES = ("general", "dirac", "gaussian")
-CLS_LOSSES = ("qfl", "focal", "vfl")
+# Backbones by name (gfldet.model.build.BACKBONES builds them): gfldet's ResNet, and
+# torchvision classification networks. A "module:Class" type names a class of your own.
+RESNETS = {"resnet": None, "resnext50_32x4d": (50, 32, 4), "resnext101_32x8d": (101, 32, 8)}
+TORCHVISION_BACKBONES = (
+    "mobilenet_v3_large", "mobilenet_v3_small",
+    "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
+    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
+    "regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf",
+    "convnext_tiny",
+)  # fmt: skip
+BACKBONE_TYPES = (*RESNETS, *TORCHVISION_BACKBONES)
+CUSTOM_TYPE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # "my_package.module:MyBackbone"
+NECKS = ("fpn", "pafpn")
+
+# Quality representations (paper Table 1(a)); the value says whether the classification
+# target is the IoU score (the joint representation, trained with QFL or VFL) or one-hot.
+QUALITY_SOFT_TARGETS = {
+    "joint": True, "none": False, "centerness": False, "iou": False,
+    "centerness_guided": False, "iou_guided": False,
+}  # fmt: skip
+QUALITIES = tuple(QUALITY_SOFT_TARGETS)
+BOXES = ("general", "dirac", "gaussian")  # box representations (paper Table 2(a))
+CLS_LOSS_SOFT_TARGETS = {"qfl": True, "focal": False, "vfl": True}
+CLS_LOSSES = tuple(CLS_LOSS_SOFT_TARGETS)
 
 
 @dataclass
 class BackboneOptions:
-    depth: int = option(50, choices=(18, 34, 50, 101))
-    # Stem channels; stage i has base_width * 2**i (x4 for bottlenecks).
+    # resnet (with depth / base_width), a torchvision network's name, or "module:Class".
+    type: str = option("resnet")
+    depth: int = option(50, choices=(18, 34, 50, 101))  # type resnet
+    # Stem channels; stage i has base_width * 2**i (x4 for bottlenecks). Type resnet.
     base_width: int = option(64, ge=1)
     pretrained: str | None = option(None)  # weight file path or torchvision weights name
-    frozen_stages: int = option(1, ge=-1, le=4)  # -1: none, 0: stem, k: stem + stages 1..k
+    frozen_stages: int = option(1, ge=-1, le=4)  # -1: none, 0: stem, k: up to stride 2**(k+1)
     norm_eval: bool = option(True)  # BatchNorm statistics frozen (eval mode) while training
+    kwargs: dict = option({})  # keyword arguments of a "module:Class" backbone
 
 
 @dataclass
-class FPNOptions:
+class NeckOptions:
+    type: str = option("fpn", choices=NECKS)  # fpn | pafpn (FPN + PANet's bottom-up path)
     out_channels: int = option(256, ge=1)
+    extra_levels: int = option(2, ge=0)  # stride-2 convs after the last level (P6, P7)
 
 
 @dataclass
 class HeadOptions:
     feat_channels: int = option(256, ge=1)
     stacked_convs: int = option(4, ge=0)
+    conv: str = option("standard", choices=("standard", "depthwise"))  # tower convs
+    norm: str = option("gn", choices=("gn", "bn"))  # tower norms: GroupNorm or BatchNorm
     num_groups: int = option(32, ge=1)  # GroupNorm groups in the towers
+    per_level_norm: bool = option(False)  # convs shared across levels, norms per level
     reg_max: int = option(16, ge=1)  # n: edge distances take bins 0..n (x bin_width strides)
     anchor_scale: float = option(8.0, gt=0)  # ATSS anchor side = anchor_scale * stride
-    strides: list[int] = option([8, 16, 32, 64, 128], ge=1)
     prior_prob: float = option(0.01, gt=0, lt=1)
     # Ablations (paper Tables 1(a), 2(a), 2(c), docs/ablations.md); defaults are GFL.
     quality: str = option("joint", choices=QUALITIES)
@@ -80,7 +109,7 @@ class TestOptions:
 class ModelOptions:
     num_classes: int | None = option(None, ge=1)  # taken from the training set when null
     backbone: BackboneOptions = section(BackboneOptions)
-    fpn: FPNOptions = section(FPNOptions)
+    neck: NeckOptions = section(NeckOptions)
     head: HeadOptions = section(HeadOptions)
     loss: LossOptions = section(LossOptions)
     assigner: AssignerOptions = section(AssignerOptions)
@@ -93,24 +122,36 @@ def check_model_options(m: ModelOptions) -> None:
     Raises OptionError naming the keys (relative to `model`).
     """
     quality, cls = m.head.quality, m.loss.cls
-    if quality == "joint" and cls == "focal":
+    if QUALITY_SOFT_TARGETS[quality] and not CLS_LOSS_SOFT_TARGETS[cls]:
         raise OptionError(
             ["loss.cls", "head.quality"],
-            "{loss.cls} is 'focal', which trains one-hot targets, but {head.quality} is "
-            "'joint', whose target is the IoU score: use model.loss.cls qfl or vfl, or another "
-            "model.head.quality",
+            f"{{loss.cls}} is {cls!r}, which trains one-hot targets, but {{head.quality}} is "
+            f"{quality!r}, whose target is the IoU score: use model.loss.cls qfl or vfl, or "
+            "another model.head.quality",
         )
-    if quality != "joint" and cls != "focal":
+    if not QUALITY_SOFT_TARGETS[quality] and CLS_LOSS_SOFT_TARGETS[cls]:
         raise OptionError(
             ["loss.cls", "head.quality"],
             f"{{loss.cls}} is {cls!r}, which trains the joint class-IoU score, but "
             f"{{head.quality}} is {quality!r}: the separate and guided quality representations "
             "use model.loss.cls focal",
         )
-    strides = m.head.strides
-    if len(strides) < 3 or list(strides) != [8 * 2**i for i in range(len(strides))]:
+    b = m.backbone
+    if b.type not in BACKBONE_TYPES and not CUSTOM_TYPE.match(b.type):
         raise OptionError(
-            ["head.strides"],
-            "{head.strides} must be the strides of the FPN's outputs P3, P4, P5 and any extra "
-            f"levels, 8 doubling per level (e.g. [8, 16, 32, 64, 128]); got {strides}",
+            ["backbone.type"],
+            f"{{backbone.type}} must be one of {', '.join(BACKBONE_TYPES)}, or 'module:Class' "
+            f"for a backbone class of your own; got {b.type!r}",
+        )
+    if b.kwargs and not CUSTOM_TYPE.match(b.type):
+        raise OptionError(
+            ["backbone.kwargs", "backbone.type"],
+            "{backbone.kwargs} are passed to a backbone class of your own ({backbone.type} "
+            "'module:Class'); gfldet's backbones take the other model.backbone keys",
+        )
+    if m.head.norm == "gn" and m.head.feat_channels % m.head.num_groups:
+        raise OptionError(
+            ["head.feat_channels", "head.num_groups"],
+            f"{{head.feat_channels}} ({m.head.feat_channels}) must be a multiple of "
+            f"{{head.num_groups}} ({m.head.num_groups}) for GroupNorm",
         )

@@ -44,6 +44,7 @@ bench: $(STAMP)
 
 bench-converge: $(STAMP)
 	$(BIN)/python scripts/bench_converge.py --out bench_converge.json
+	$(BIN)/python scripts/bench_converge.py --peer ssdlite --out bench_converge_lite.json
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check gfldet tests scripts

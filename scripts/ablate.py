@@ -35,6 +35,7 @@ RECIPE = ROOT / "configs" / "gfl_r50_fpn_1x_coco.yaml"
 DEFAULT_VARIANTS = ["t3_qfl_dfl", "t3_atss_baseline", "t3_qfl", "t3_dfl"]
 SWITCH_SECTIONS = ("head", "loss")  # model.<section>.<key>: what an ablation may change
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+QUALITY = ("pearson", "spearman")
 
 
 def ablation_path(variant: str) -> Path:
@@ -73,12 +74,16 @@ def data_overrides(data_dir: Path, num_train: int, num_val: int, img_size: int) 
 
 def format_table(rows: list[dict]) -> str:
     width = max(len("variant"), *(len(r["variant"]) for r in rows))
-    lines = [f"{'variant':<{width}}  " + "  ".join(f"{m:>5}" for m in METRICS) + "  train s"]
+    head = "  ".join(f"{m:>5}" for m in METRICS) + "  pearson spearman  train s"
+    lines = [f"{'variant':<{width}}  {head}"]
     for r in rows:
         cells = []
         for m in METRICS:
             v = r["metrics"].get(m)
             cells.append("    -" if v is None or v != v else f"{100 * v:5.1f}")
+        for k in QUALITY:
+            v = r.get("quality", {}).get(k)
+            cells.append(f"{'-':>7}" if v is None or v != v else f"{v:7.3f}")
         lines.append(f"{r['variant']:<{width}}  " + "  ".join(cells) + f"  {r['seconds']:7.0f}")
     return "\n".join(lines)
 
@@ -138,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({
             "variant": name, "switches": items, "work_dir": cfg["work_dir"],
             "metrics": {m: metrics.get(m) for m in METRICS}, "seconds": round(seconds, 1),
+            # How well scores rank localisation quality (GFLv2's point): matched detections'
+            # score-IoU correlations (see docs/insight.md).
+            "quality": {k: metrics.get("quality", {}).get(k) for k in QUALITY},
         })  # fmt: skip
 
     table = format_table(rows)

@@ -17,6 +17,9 @@ Sections (docs/benchmarks.md says what every number means):
   loader  training-loader images/s on the shapes dataset with 0 and 2 workers, and how long
           the demo model's training waits for data with 2 workers
   coco    COCO evaluation (pycocotools, gfldet's evaluator) of the shapes val set
+  lite    latency, batch 1, 320x320, from a uint8 RGB image: gfldet-lite
+          (configs/gfl_lite_320_coco.yaml) through gfldet.Predictor vs torchvision's
+          ssdlite320_mobilenet_v3_large and fasterrcnn_mobilenet_v3_large_320_fpn
 
 Every model has random weights. Every time is a wall-clock median of --repeats runs after
 --warmup runs; the contenders of one comparison run in turn (a, b, c, a, b, c, ...) so that a
@@ -34,6 +37,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -65,8 +69,11 @@ from gfldet.model.fuse import prepare_for_inference
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "gfl_r50_fpn_1x_coco.yaml"
+RECIPE_V2 = ROOT / "configs" / "gflv2_r50_fpn_1x_coco.yaml"
 DEMO = ROOT / "configs" / "shapes_demo.yaml"
-SECTIONS = ("infer", "train", "atss", "loader", "coco")
+LITE = ROOT / "configs" / "gfl_lite_320_coco.yaml"
+SECTIONS = ("infer", "train", "atss", "loader", "coco", "lite")
+PEER_CLASSES_LITE = 91  # torchvision's COCO detectors of the lite section: 90 ids + background
 PEER_CLASSES = 81  # torchvision's detectors for COCO's 80 classes (+1, their convention)
 LOADED_PAIRS = 3000  # (box, class) pairs over the score threshold in the "loaded" case
 
@@ -75,6 +82,8 @@ DEFINITIONS = {
     "infer_ratio_fcos": "gfldet inference latency / torchvision FCOS's (batch 1, pre- and "
     "post-processing included; gfldet prepared by gfldet.model.fuse.prepare_for_inference)",
     "infer_ratio_retinanet": "the same against torchvision RetinaNet",
+    "infer_ratio_gflv2_gfl": "gfldet's GFLv2 R-50 (DGQP) inference latency / its GFL R-50's, both "
+    "prepared, same input",
     "train_ratio_fcos": "gfldet training step / torchvision FCOS's (fcos_resnet50_fpn with "
     "random weights, which torchvision trains whole, BatchNorm in training mode)",
     "train_ratio_fcos_same_recipe": "the same against torchvision FCOS with gfldet's recipe "
@@ -91,6 +100,11 @@ DEFINITIONS = {
     "of the training loader with 2 workers",
     "coco_eval_s": "seconds of gfldet.engine.evaluator.coco_evaluate on the shapes val set "
     "with 100 synthetic detections per image",
+    "lite_ratio_ssdlite": "gfldet-lite latency / torchvision SSDlite320-MobileNetV3's, batch 1, "
+    "320x320 uint8 RGB in, detections out (gfldet: gfldet.Predictor with scores arranged so "
+    "that ~3000 (box, class) pairs pass the threshold, as a trained model's; torchvision's "
+    "models: their own transform and post-processing)",
+    "lite_ratio_frcnn": "the same against torchvision's Faster R-CNN MobileNetV3-320-FPN",
 }
 
 # name -> (bench.json key, comparison, limit): the issue's CPU targets.
@@ -101,6 +115,8 @@ TARGETS = {
     "ATSS share of step": ("atss_share", "<=", 0.05),
     "post-process share": ("postprocess_share", "<=", 0.03),
     "data wait share (2 workers)": ("loader_wait_share", "<=", 0.05),
+    "lite / SSDlite latency": ("lite_ratio_ssdlite", "<=", 0.80),
+    "GFLv2 / GFL inference": ("infer_ratio_gflv2_gfl", "<=", 1.03),
 }
 
 
@@ -117,11 +133,13 @@ class Sizes:
     demo_steps: int = 10  # demo training steps timed for the data-wait share
     coco_dets_per_image: int = 100  # test.max_per_img
     demo_set: tuple[str, ...] = ()  # overrides of the demo config
+    lite_hw: tuple[int, int] = (320, 320)
 
 
 QUICK = Sizes(
     infer_hw=(64, 96), train_hw=(64, 64), atss_hw=(128, 192), atss_images=4, atss_gts=5,
     loader_batches=2, demo_steps=2, demo_set=("data.train.img_scale=[64,64]",),
+    lite_hw=(64, 64),
 )  # fmt: skip
 
 
@@ -177,11 +195,11 @@ def input_size_check(model: nn.Module, expect: tuple[int, ...], who: str) -> Any
 
 
 # -- models -----------------------------------------------------------------------------------
-def build_gfl_r50() -> GFL:
+def build_gfl_r50(recipe: Path = RECIPE) -> GFL:
     """gfldet's R-50 GFL as the official recipe (stem + stage 1 frozen, BatchNorm statistics
-    frozen), random weights, 80 classes."""
+    frozen), random weights, 80 classes (or the GFLv2 recipe)."""
     torch.manual_seed(0)
-    cfg = load_config(RECIPE, ["model.num_classes=80", "model.backbone.pretrained=null"])
+    cfg = load_config(recipe, ["model.num_classes=80", "model.backbone.pretrained=null"])
     return build_model(cfg)
 
 
@@ -302,6 +320,7 @@ def bench_infer(sz: Sizes, repeats: int, warmup: int, out: dict) -> None:
     fast = prepare_for_inference(gfl)
     loaded = loaded_copy(fast, img_cl, targets, test_cfg)
     candidates = count_candidates(loaded, img_cl, targets, test_cfg)
+    fast_v2 = prepare_for_inference(build_gfl_r50(RECIPE_V2).eval())
     post_random = time_calls(fast, "postprocess")
     post_loaded = time_calls(loaded, "postprocess")
     fcos = build_fcos((h, w)).eval()
@@ -312,6 +331,7 @@ def bench_infer(sz: Sizes, repeats: int, warmup: int, out: dict) -> None:
         "gfldet": lambda: fast.predict(img_cl, targets),
         "gfldet_loaded": lambda: loaded.predict(img_cl, targets),
         "gfldet_unprepared": lambda: gfl.predict(img, targets),
+        "gfldet_v2": lambda: fast_v2.predict(img_cl, targets),
         "fcos": lambda: fcos(peer_in),
         "fcos_channels_last": lambda: fcos_cl(peer_in),
         "retinanet": lambda: retina(peer_in),
@@ -329,6 +349,7 @@ def bench_infer(sz: Sizes, repeats: int, warmup: int, out: dict) -> None:
     out["medians"]["infer"] = m
     out["infer_ratio_fcos"] = m["gfldet"] / m["fcos"]
     out["infer_ratio_retinanet"] = m["gfldet"] / m["retinanet"]
+    out["infer_ratio_gflv2_gfl"] = m["gfldet_v2"] / m["gfldet"]
     out["infer_ratio_fcos_channels_last"] = m["gfldet"] / m["fcos_channels_last"]
     out["infer_ratio_unprepared_fcos"] = m["gfldet_unprepared"] / m["fcos"]
     out["postprocess_share"] = m["postprocess_loaded"] / m["gfldet_loaded"]
@@ -336,6 +357,67 @@ def bench_infer(sz: Sizes, repeats: int, warmup: int, out: dict) -> None:
     out["postprocess_candidates"] = candidates
     out["postprocess_detections"] = detections
     out["infer_gfldet_unprepared_layout"] = layout(gfl)
+
+
+def bench_lite(sz: Sizes, repeats: int, warmup: int, out: dict, tmp: Path) -> None:
+    """gfldet-lite through gfldet.Predictor (a checkpoint of random weights, as users run it)
+    vs torchvision's real-time detectors, from the same uint8 RGB image."""
+    from gfldet.engine.checkpoint import save_checkpoint
+    from gfldet.engine.predictor import Predictor
+    from gfldet.model.fuse import prepare_for_inference as prepare
+
+    h, w = sz.lite_hw
+    rgb = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    sets = ["model.num_classes=80", "model.backbone.pretrained=null",
+            f"data.val.img_scale=[{max(h, w)},{min(h, w)}]"]  # fmt: skip
+    cfg = load_config(LITE, sets)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    ckpt = tmp / "gfl_lite_random.pth"
+    save_checkpoint({"model": model.state_dict()}, ckpt)
+    predictor = Predictor(cfg, ckpt, device="cpu")
+    # Scores of a trained model: ~3000 (box, class) pairs over the threshold (see "infer").
+    # The small head's random logits are nearly equal everywhere; spread them to unit std
+    # first, so that the threshold selects pairs instead of all or none.
+    img = torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
+    meta = [{"img_size": (h, w)}]
+    fast = prepare(model)
+    cls, _ = head_outputs(fast, img, meta)
+    with torch.no_grad():
+        fast.head.gfl_cls.weight /= (cls - fast.head.gfl_cls.bias).std().clamp(min=1e-12)
+    predictor.model = loaded_copy(fast, img, meta, cfg["model"]["test"])
+    candidates = count_candidates(predictor.model, img, meta, cfg["model"]["test"])
+    random_weights = Predictor(cfg, ckpt, device="cpu")
+    torch.manual_seed(0)
+    ssd = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=PEER_CLASSES_LITE
+    ).eval()
+    frcnn = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, num_classes=PEER_CLASSES_LITE
+    ).eval()
+
+    def peer(model: nn.Module) -> Callable[[], Any]:
+        return lambda: model([torch.from_numpy(rgb).permute(2, 0, 1).float() / 255])
+
+    fns = {
+        "gfldet_lite": lambda: predictor([rgb]),
+        "gfldet_lite_random": lambda: random_weights([rgb]),
+        "ssdlite": peer(ssd),
+        "frcnn_mobilenet_320": peer(frcnn),
+    }
+    with torch.inference_mode():
+        times = measure(fns, repeats, warmup)
+    m = {k: med(v) for k, v in times.items()}
+    out["times"]["lite"] = times
+    out["medians"]["lite"] = m
+    out["lite_ratio_ssdlite"] = m["gfldet_lite"] / m["ssdlite"]
+    out["lite_ratio_frcnn"] = m["gfldet_lite"] / m["frcnn_mobilenet_320"]
+    out["lite_candidates"] = candidates
+    out["lite_params"] = {
+        "gfldet_lite": sum(p.numel() for p in model.parameters()),
+        "ssdlite": sum(p.numel() for p in ssd.parameters()),
+        "frcnn_mobilenet_320": sum(p.numel() for p in frcnn.parameters()),
+    }
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -614,6 +696,8 @@ def report(out: dict) -> str:
             f"  gfldet R-50 GFL, as built ({out['infer_gfldet_unprepared_layout']})"
             f"{' ' * (38 - len(out['infer_gfldet_unprepared_layout']))}"
             f"{m['gfldet_unprepared']:8.3f}",
+            f"  gfldet R-50 GFLv2 (DGQP), prepared                               "
+            f"{m['gfldet_v2']:8.3f}",
             f"  torchvision FCOS R-50                                            {m['fcos']:8.3f}",
             f"  torchvision FCOS R-50, weights channels_last                     "
             f"{m['fcos_channels_last']:8.3f}",
@@ -651,6 +735,20 @@ def report(out: dict) -> str:
             f"images/s with 0 workers, {out['loader_images_per_s_2_workers']:.0f} with 2; demo "
             f"training {out['demo_train_images_per_s']:.1f} images/s, waiting for data "
             f"{100 * out['loader_wait_share']:.1f} % of the time (2 workers)",
+        ]
+    if "lite" in med_:
+        h, w = sz["lite_hw"]
+        m, p = med_["lite"], out["lite_params"]
+        lines += [
+            f"\nreal-time models, batch 1, {h}x{w} uint8 RGB in, detections out (ms):",
+            f"  gfldet-lite ({p['gfldet_lite'] / 1e6:.2f}M), Predictor, "
+            f"{out['lite_candidates']} pairs over the threshold  {m['gfldet_lite'] * 1e3:7.1f}",
+            f"  gfldet-lite, random weights' scores                      "
+            f"{m['gfldet_lite_random'] * 1e3:7.1f}",
+            f"  torchvision SSDlite320 MobileNetV3 ({p['ssdlite'] / 1e6:.2f}M)"
+            f"{' ' * 19}{m['ssdlite'] * 1e3:7.1f}",
+            f"  torchvision Faster R-CNN MobileNetV3-320 ({p['frcnn_mobilenet_320'] / 1e6:.1f}M)"
+            f"{' ' * 12}{m['frcnn_mobilenet_320'] * 1e3:7.1f}",
         ]
     if "coco" in med_:
         lines += [
@@ -712,8 +810,11 @@ def main(argv: list[str] | None = None) -> int:
             bench_atss(sz, repeats, warmup, out)
         elif section == "loader":
             bench_loader(sz, repeats, warmup, out, data)
-        else:
+        elif section == "coco":
             bench_coco(sz, repeats, warmup, out, data)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                bench_lite(sz, repeats, warmup, out, Path(tmp))
     if "atss" in out["medians"] and "train" in out["medians"]:
         # Per image: ATSS at 800x1216 anchors with 30 gts vs the 512x512 step, so this
         # overstates the share in a step at 800x1216 (about 3.7x the pixels) - an upper bound.

@@ -1,7 +1,15 @@
-"""Accuracy per CPU-minute: gfldet's demo model beside torchvision's FCOS on the same backbone.
+"""Accuracy per CPU-minute: gfldet beside torchvision's detectors, trained for the same time.
 
     python scripts/bench_converge.py --out bench_converge.json        # `make bench-converge`
+    python scripts/bench_converge.py --peer ssdlite --out bench_converge_lite.json
     python scripts/bench_converge.py --quick --minutes 0.2 --data DIR  # smoke run
+
+--peer fcos (default): gfldet's demo model beside FCOS on the same backbone, as below.
+--peer ssdlite: gfldet-lite (configs/gfl_lite_shapes.yaml) beside torchvision's
+ssdlite320_mobilenet_v3_large (random init, its own 320x320 resize, anchors, losses and
+post-processing; labels shifted by one for its background class), with the same loader,
+optimizer, schedule, budget and evaluator. Both are real-time CPU models of 1.7M and 3.4M
+parameters, trained from scratch.
 
 Both detectors get the demo config's ResNet + FPN (configs/shapes_demo.yaml; the same module
 code, the same initial weights), the same training loader (data order, augmentation, batch,
@@ -21,7 +29,7 @@ NMS IoU, detections per image) are gfldet's.
 The budget: gfldet trains with its own Trainer (gfldet.engine.trainer), whose `train_step` is
 extended (`BudgetTrainer`) to take the learning rate from the shared time-based schedule and
 to set train.max_iters to the current iteration once the budget is spent, so the trainer stops
-after that step as it does for max_iters; FCOS trains in `train_fcos`, a loop of the same steps.
+after that step as it does for max_iters; the peer trains in `train_peer`, a loop of the same steps.
 The schedule (`Budget.lr`): the config's linear warm-up over train.warmup_iters iterations, then
 train.lr (scaled to the batch as the trainer does), times train.lr_gamma for the last
 (1 - --decay-at) of the budget. (The trainer's log.jsonl records its own epoch-based lr, not
@@ -66,6 +74,7 @@ from gfldet.model.build import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "shapes_demo.yaml"
+LITE = ROOT / "configs" / "gfl_lite_shapes.yaml"
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # --quick: tiny images, no worker processes (the data of a smoke test is tiny too).
 QUICK = [
@@ -158,17 +167,23 @@ def build_fcos_on_gfldet(cfg: dict) -> FCOS:
     )  # fmt: skip
 
 
-def to_peer(images: Tensor, targets: list[dict]) -> tuple[list[Tensor], list[dict]]:
+def to_peer(
+    images: Tensor, targets: list[dict], offset: int = 0
+) -> tuple[list[Tensor], list[dict]]:
     """gfldet's batch (uint8 [B, 3, Hp, Wp], padded) -> torchvision's: unpadded float 0..1
-    images [3, h, w] and {"boxes", "labels"} targets (labels 0..C-1, as gfldet's)."""
+    images [3, h, w] and {"boxes", "labels"} targets (labels 0..C-1 as gfldet's, + offset)."""
     imgs = [im[:, : t["img_size"][0], : t["img_size"][1]].float() / 255
             for im, t in zip(images, targets)]  # fmt: skip
-    peer = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets if "boxes" in t]
+    peer = [{"boxes": t["boxes"], "labels": t["labels"] + offset}
+            for t in targets if "boxes" in t]  # fmt: skip
     return imgs, peer
 
 
-def train_fcos(model: FCOS, cfg: dict, loader: Any, budget: Budget, base_lr: float) -> int:
-    """The trainer's steps for FCOS until the budget is spent; returns the iterations."""
+def train_peer(
+    model: nn.Module, cfg: dict, loader: Any, budget: Budget, base_lr: float, offset: int = 0
+) -> int:
+    """The trainer's steps for a torchvision detector until the budget is spent; returns the
+    iterations. `offset` is added to the labels (1 for detectors with a background class 0)."""
     t = cfg["train"]
     opt = build_optimizer(model, t, base_lr)
     model.train()
@@ -180,10 +195,10 @@ def train_fcos(model: FCOS, cfg: dict, loader: Any, budget: Budget, base_lr: flo
                 continue
             for g in opt.param_groups:
                 g["lr"] = budget.lr(cfg, base_lr, it)
-            losses = model(*to_peer(images, targets))
+            losses = model(*to_peer(images, targets, offset))
             loss = sum(losses.values())
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"FCOS: non-finite loss at iteration {it + 1}: {losses}")
+                raise FloatingPointError(f"peer: non-finite loss at iteration {it + 1}: {losses}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if t["grad_clip"]:
@@ -196,14 +211,17 @@ def train_fcos(model: FCOS, cfg: dict, loader: Any, budget: Budget, base_lr: flo
 
 
 @torch.inference_mode()
-def predict_fcos(model: FCOS, loader: Any, cat_ids: list[int]) -> list[dict]:
-    """COCO results of FCOS on the loader's images, in original-image pixels."""
+def predict_peer(model: nn.Module, loader: Any, cat_ids: list[int], offset: int = 0) -> list[dict]:
+    """COCO results of a torchvision detector on the loader's images, in original pixels."""
     model.eval()
     results = []
     for images, targets in loader:
         for t, det in zip(targets, model(to_peer(images, targets)[0])):
             sx, sy = t.get("scale_factor", (1.0, 1.0))
-            det = {**det, "boxes": det["boxes"] / det["boxes"].new_tensor([sx, sy, sx, sy])}
+            det = {**det, "boxes": det["boxes"] / det["boxes"].new_tensor([sx, sy, sx, sy]),
+                   "labels": det["labels"] - offset}  # fmt: skip
+            keep = (det["labels"] >= 0) & (det["labels"] < len(cat_ids))
+            det = {k: v[keep] for k, v in det.items()}
             results.extend(detections_to_coco(int(t["image_id"]), det, cat_ids))
     return results
 
@@ -237,7 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=8.0, help="training budget of each model")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--data", default="data/shapes", help="shapes dataset (made if missing)")
-    p.add_argument("--config", default=str(DEMO), help="the demo config both models start from")
+    p.add_argument("--peer", choices=("fcos", "ssdlite"), default="fcos",
+                   help="the torchvision detector beside gfldet (see above)")  # fmt: skip
+    p.add_argument("--config", default=None,
+                   help="gfldet's config (default: shapes_demo.yaml for fcos, "
+                   "gfl_lite_shapes.yaml for ssdlite)")  # fmt: skip
     p.add_argument("--work-dir", default="work_dirs/bench_converge", help="gfldet's work_dir")
     p.add_argument("--decay-at", type=float, default=0.8,
                    help="fraction of the budget after which lr is x train.lr_gamma")  # fmt: skip
@@ -257,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         "train.eval_interval=0", "train.checkpoint_interval=1000000", "train.ema=false",
         "train.amp=false",
     ]  # fmt: skip
-    cfg = load_config(a.config, overrides)
+    config = a.config or str(DEMO if a.peer == "fcos" else LITE)
+    cfg = load_config(config, overrides)
     seconds = 60 * a.minutes
 
     print(f"== gfldet, {a.minutes:g} min", flush=True)
@@ -277,18 +300,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = {"gfldet": {"iterations": trainer.iter, "train_s": gfl_train_s, **gfl_metrics}}
 
-    print(f"== torchvision FCOS on the same backbone, {a.minutes:g} min", flush=True)
-    cfg_fcos = trainer.cfg | {"train": {**trainer.cfg["train"], "max_iters": None}}
-    fcos = build_fcos_on_gfldet(cfg_fcos).to(trainer.device)
+    cfg_peer = trainer.cfg | {"train": {**trainer.cfg["train"], "max_iters": None}}
+    if a.peer == "fcos":
+        print(f"== torchvision FCOS on the same backbone, {a.minutes:g} min", flush=True)
+        peer, offset = build_fcos_on_gfldet(cfg_peer), 0
+    else:
+        print(f"== torchvision SSDlite320 MobileNetV3, {a.minutes:g} min", flush=True)
+        torch.manual_seed(cfg["seed"])
+        peer = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
+            weights=None, weights_backbone=None, num_classes=val_set.num_classes + 1
+        )
+        offset = 1  # its class 0 is the background
+    peer = peer.to(trainer.device)
     train_loader = build_dataloader(
         trainer.train_set, trainer.batch_size, cfg["data"]["train"]["num_workers"], True,
         cfg["seed"], size_divisor=cfg["data"]["size_divisor"],
     )  # fmt: skip
     budget = Budget(seconds, a.decay_at)
-    fcos_iters = train_fcos(fcos, cfg_fcos, train_loader, budget, trainer.base_lr)
-    fcos_train_s = budget.elapsed()
-    fcos_metrics = score(val_set, predict_fcos(fcos, val_loader, val_set.cat_ids))
-    rows["fcos"] = {"iterations": fcos_iters, "train_s": fcos_train_s, **fcos_metrics}
+    peer_iters = train_peer(peer, cfg_peer, train_loader, budget, trainer.base_lr, offset)
+    peer_train_s = budget.elapsed()
+    peer_metrics = score(val_set, predict_peer(peer, val_loader, val_set.cat_ids, offset))
+    rows[a.peer] = {"iterations": peer_iters, "train_s": peer_train_s, **peer_metrics}
 
     bs = trainer.batch_size
     lines = [f"accuracy per CPU-minute: {a.minutes:g} min each, {a.threads} threads, batch {bs}, "
@@ -303,11 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     write_json_atomic({
         "command": " ".join(["scripts/bench_converge.py", *args]),
-        "minutes": a.minutes, "threads": a.threads, "decay_at": a.decay_at, "config": a.config,
+        "minutes": a.minutes, "threads": a.threads, "decay_at": a.decay_at, "config": config,
+        "peer": a.peer,
         "overrides": overrides, "batch_size": bs, "val_images": len(val_set),
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
-        "results": rows, "ap_gfldet_minus_fcos": rows["gfldet"]["AP"] - rows["fcos"]["AP"],
+        "results": rows, "ap_gfldet_minus_peer": rows["gfldet"]["AP"] - rows[a.peer]["AP"],
+        "ap_ratio": rows["gfldet"]["AP"] / rows[a.peer]["AP"] if rows[a.peer]["AP"] > 0 else None,
         "table": table,
     }, a.out, indent=1)  # fmt: skip
     print(f"wrote {a.out}")

@@ -18,7 +18,8 @@ REQUIRED = (
     "infer_ratio_fcos", "infer_ratio_retinanet", "train_ratio_fcos", "atss_speedup",
     "atss_share", "postprocess_share", "postprocess_share_random",
     "loader_images_per_s_0_workers", "loader_images_per_s_2_workers", "loader_wait_share",
-    "demo_train_images_per_s", "coco_eval_s",
+    "demo_train_images_per_s", "coco_eval_s", "lite_ratio_ssdlite", "lite_ratio_frcnn",
+    "infer_ratio_gflv2_gfl",
 )  # fmt: skip
 
 
@@ -60,13 +61,15 @@ def test_bench_quick_writes_every_measurement(shapes, tmp_path):
     assert res["machine"]["threads"] == 1 and res["machine"]["torch"] == torch.__version__
     assert res["machine"]["cpu"]
     # Raw times of every contender, each a list of positive seconds.
-    for section in ("infer", "train", "atss", "loader", "coco"):
+    for section in ("infer", "train", "atss", "loader", "coco", "lite"):
         times = res["times"][section]
         assert times and all(v and all(positive_finite(t) for t in v) for v in times.values())
     for key in ("gfldet", "gfldet_loaded", "fcos", "retinanet", "postprocess_loaded"):
         assert key in res["times"]["infer"]
     # The "loaded" case really puts about LOADED_PAIRS pairs over the threshold.
     assert abs(res["postprocess_candidates"] - bench.LOADED_PAIRS) <= 30
+    assert abs(res["lite_candidates"] - bench.LOADED_PAIRS) <= 30
+    assert res["lite_params"]["gfldet_lite"] <= 4_000_000
     assert 0 < res["postprocess_detections"] <= 100
     assert 0 < res["postprocess_share"] < 1 and 0 < res["atss_share"] < 1
     assert res["coco_eval_detections"] == res["coco_eval_images"] * 100
@@ -95,9 +98,22 @@ def test_bench_converge_quick(shapes, tmp_path):
         r = res["results"][name]
         assert r["iterations"] >= 1 and r["train_s"] >= 0.02 * 60
         assert 0 <= r["AP"] <= 1
-    assert res["ap_gfldet_minus_fcos"] == pytest.approx(
+    assert res["ap_gfldet_minus_peer"] == pytest.approx(
         res["results"]["gfldet"]["AP"] - res["results"]["fcos"]["AP"]
     )
+
+
+def test_bench_converge_lite_against_ssdlite(shapes, tmp_path):
+    conv = load_script("bench_converge")
+    out = tmp_path / "lite.json"
+    args = ["--peer", "ssdlite", "--quick", "--minutes", "0.02", "--threads", "1", "--data",
+            str(shapes), "--work-dir", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+    assert conv.main(args) == 0
+    res = json.loads(out.read_text())
+    assert res["peer"] == "ssdlite" and res["config"].endswith("gfl_lite_shapes.yaml")
+    for name in ("gfldet", "ssdlite"):
+        r = res["results"][name]
+        assert r["iterations"] >= 1 and 0 <= r["AP"] <= 1
 
 
 def test_fcos_on_gfldet_backbone_shares_its_modules():

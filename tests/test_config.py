@@ -395,8 +395,8 @@ def test_every_choice_is_accepted_and_defaults_are_choices(tmp_path):
             node = node[k]
         assert node == allowed[0], key  # the first choice is the default (GFL's)
     for quality in CHOICES["model.head.quality"]:
-        cls = "qfl" if quality == "joint" else "focal"
-        for box in CHOICES["model.head.box"]:
+        cls = "qfl" if quality in ("joint", "dgqp") else "focal"
+        for box in CHOICES["model.head.box"] if quality != "dgqp" else ["general"]:
             cfg = load_config(path, [f"model.head.quality={quality}", f"model.loss.cls={cls}",
                                      f"model.head.box={box}"])  # fmt: skip
             assert (cfg["model"]["head"]["quality"], cfg["model"]["head"]["box"]) == (quality, box)

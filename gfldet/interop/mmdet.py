@@ -9,6 +9,7 @@ keeps the same module structure and most of the names, so the conversion is a re
     bbox_head.{cls,reg}_convs.N.conv/gn -> head.{cls,reg}_convs.N.conv/gn
     bbox_head.gfl_cls / gfl_reg         -> head.gfl_cls / gfl_reg
     bbox_head.scales.N.scale            -> head.scales.N.scale
+    bbox_head.reg_conf.{0,2}.{w,b}      -> head.reg_conf.{0,2}.{w,b} (GFLv2's DGQP, GFocalV2)
     bbox_head.integral.project          -> dropped (gfldet's is a non-persistent buffer); its
                                            values give the bin width Δ, which is checked
 
@@ -68,6 +69,7 @@ _RULES: list[tuple[re.Pattern, str]] = [
     ),
     (re.compile(r"^bbox_head\.(gfl_cls|gfl_reg)\.(weight|bias)$"), r"head.\1.\2"),
     (re.compile(r"^bbox_head\.scales\.(\d+)\.scale$"), r"head.scales.\1.scale"),
+    (re.compile(r"^bbox_head\.reg_conf\.([02])\.(weight|bias)$"), r"head.reg_conf.\1.\2"),
 ]
 _PROJECT_KEY = "bbox_head.integral.project"
 
@@ -113,7 +115,8 @@ def rename_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
         more = f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
         raise ValueError(
             f"{len(unknown)} keys have no gfldet counterpart, e.g. {', '.join(unknown[:5])}{more}; "
-            "only ResNet + FPN + GFLHead models (no DCN, no other necks or heads) convert"
+            "only ResNet + FPN + GFL (or GFLv2) head models (no DCN, no other necks or heads) "
+            "convert"
         )
     # Checkpoints of older torch versions have no BatchNorm counters; gfldet's model has them.
     for key in list(out):
@@ -179,7 +182,7 @@ def class_order(
     return [mm[k][1] for k in order], [ids[k] for k in order], order
 
 
-def describe(state: dict[str, Tensor]) -> dict[str, int]:
+def describe(state: dict[str, Tensor]) -> dict[str, int | str]:
     """The architecture a gfldet-named state dict implies (the config keys it must match)."""
     blocks = {i: 0 for i in range(1, 5)}
     for k in state:
@@ -198,7 +201,18 @@ def describe(state: dict[str, Tensor]) -> dict[str, int]:
         "head.reg_max": int(state["head.gfl_reg.weight"].shape[0]) // 4 - 1,
         "head.num_levels": len([k for k in state if k.startswith("head.scales.")]),
         "num_classes": int(state["head.gfl_cls.weight"].shape[0]),
+        **_dgqp_layout(state),
     }
+
+
+def _dgqp_layout(state: dict[str, Tensor]) -> dict[str, int | str]:
+    """GFLv2's quality predictor, when the checkpoint has one: its hidden channels and inputs
+    (4 x (top-k + mean): 20 for the official top-4 + mean, which a config must match)."""
+    conv = state.get("head.reg_conf.0.weight")
+    if conv is None:
+        return {"head.quality": "joint"}
+    return {"head.quality": "dgqp", "head.dgqp.channels": int(conv.shape[0]),
+            "head.dgqp.inputs": int(conv.shape[1])}  # fmt: skip
 
 
 def convert_state(

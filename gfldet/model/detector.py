@@ -196,14 +196,17 @@ class GFL(nn.Module):
         out: dict[str, Tensor] = {}
         scores = torch.zeros((b, a), dtype=cls.dtype, device=cls.device)  # soft targets
         scores[pb, pa] = iou if q_repr.soft_targets else torch.ones_like(iou)
+        # GFLv2 learns the joint probability sigmoid(cls) x I, the others the class logits.
+        joint = q_repr.scores(cls, quality) if q_repr.from_distributions else cls
         name, loss_cls = classification_loss(
-            cls.reshape(-1, c), labels.reshape(-1), scores.reshape(-1),
+            joint.reshape(-1, c), labels.reshape(-1), scores.reshape(-1),
             valid.reshape(-1).to(cls.dtype), lo,
             pb * a + pa if q_repr.guided else None, q if q_repr.guided else None,
+            q_repr.from_distributions,
         )  # fmt: skip
         out[name] = lo.qfl_weight * loss_cls / num_pos
 
-        weight = q_repr.box_weight(cls[pb, pa], q)
+        weight = q_repr.box_weight(cls[pb, pa], q, None if quality is None else quality[pb, pa])
         weight_sum = reduce_mean(weight.sum()).clamp(min=1)
         loss_giou = (giou_loss(pred_box, target_box, "none") * weight).sum()
         out["loss_giou"] = lo.giou_weight * loss_giou / weight_sum

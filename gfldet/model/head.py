@@ -15,7 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .options import HeadOptions
-from .representations import QUALITY_REPRESENTATIONS, box_representation
+from .representations import (
+    QUALITY_REPRESENTATIONS,
+    box_representation,
+    distribution_statistics,
+)
 
 
 def _norm(kind: str, channels: int, groups: int) -> nn.Module:
@@ -96,14 +100,17 @@ class GFLHead(nn.Module):
 
     gfl_cls gives C sigmoid logits per location; gfl_reg gives the box representation's R
     outputs, times a per-level Scale; a quality representation with a branch adds gfl_quality
-    (on the reg tower, as ATSS's centerness): one more logit per location.
+    (on the reg tower, as ATSS's centerness): one more logit per location. GFLv2's DGQP adds
+    reg_conf (the official name): 1x1 conv (4·(k+1) -> channels), ReLU, 1x1 conv (-> 1),
+    sigmoid, on the statistics of each location's edge distributions; its output is the
+    quality probability I.
 
     `box` and `quality` are the representation objects the detector asks how to decode, which
     losses to add and how to score (gfldet.model.representations).
 
     forward: [P_l [B, F, H_l, W_l]] -> (cls [B, A, C], reg [B, A, R], quality [B, A, 1] or
-    None without a branch), A = sum H_l*W_l, locations of each level in row-major order, levels
-    in order; R = box.channels.
+    None: a branch's logits, DGQP's probability), A = sum H_l*W_l, locations of each level in
+    row-major order, levels in order; R = box.channels.
     """
 
     def __init__(
@@ -133,6 +140,13 @@ class GFLHead(nn.Module):
         self.gfl_reg = nn.Conv2d(tower_out, self.box.channels, 3, padding=1)
         # Registered after gfl_reg so that GFL's own initialisation draws are unchanged.
         self.gfl_quality = nn.Conv2d(tower_out, 1, 3, padding=1) if self.quality.branch else None
+        self.dgqp = o.dgqp if self.quality.from_distributions else None
+        if self.dgqp is not None:
+            inputs = 4 * (self.dgqp.topk + int(self.dgqp.add_mean))
+            self.reg_conf = nn.Sequential(
+                nn.Conv2d(inputs, self.dgqp.channels, 1), nn.ReLU(inplace=True),
+                nn.Conv2d(self.dgqp.channels, 1, 1), nn.Sigmoid(),
+            )  # fmt: skip
         self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -151,9 +165,14 @@ class GFLHead(nn.Module):
             for conv in self.reg_convs:
                 r = conv(r, level)
             cls_out.append(self.gfl_cls(c).flatten(2))
-            reg_out.append(scale(self.gfl_reg(r)).flatten(2))
+            reg = scale(self.gfl_reg(r))
+            reg_out.append(reg.flatten(2))
             if self.gfl_quality is not None:
                 quality_out.append(self.gfl_quality(r).flatten(2))
+            if self.dgqp is not None:  # in float32, as the official head, also under AMP
+                probs = reg.float().unflatten(1, (4, self.reg_max + 1)).softmax(2)
+                stats = distribution_statistics(probs, self.dgqp.topk, self.dgqp.add_mean)
+                quality_out.append(self.reg_conf(stats.to(reg.dtype)).flatten(2))
         cls = torch.cat(cls_out, 2).transpose(1, 2)
         reg = torch.cat(reg_out, 2).transpose(1, 2)
         quality = torch.cat(quality_out, 2).transpose(1, 2) if quality_out else None

@@ -46,14 +46,26 @@ def soft_targets(labels: Tensor, scores: Tensor, num_classes: int) -> Tensor:
 
 
 def quality_focal_loss(
-    logits: Tensor, labels: Tensor, scores: Tensor, beta: float = 2.0, reduction: str = "mean"
+    logits: Tensor,
+    labels: Tensor,
+    scores: Tensor,
+    beta: float = 2.0,
+    reduction: str = "mean",
+    probabilities: bool = False,
 ) -> Tensor:
     """QFL(σ) = −|y − σ|^β · BCE(σ, y), y = the IoU score at the labelled class, 0 elsewhere.
 
-    logits [N, C]; labels [N] int in 0..C (C = background); scores [N] float in [0, 1].
-    Returns [N, C] for reduction="none".
+    logits [N, C] (with `probabilities`: σ itself, e.g. GFLv2's joint score); labels [N] int
+    in 0..C (C = background); scores [N] float in [0, 1]. Returns [N, C] for reduction="none".
     """
     target = soft_targets(labels, scores.detach().to(logits.dtype), logits.shape[1])
+    if probabilities:
+        # BCE of a probability, computed here in float32 (torch's binary_cross_entropy is not
+        # allowed under autocast); logs clamped at -100 as torch's.
+        p, t = logits.float(), target.float()
+        logp, log1mp = p.log().clamp(min=-100), (-p).log1p().clamp(min=-100)
+        bce = -(t * logp + (1 - t) * log1mp)
+        return _reduce(bce * (t - p).abs().pow(beta), reduction)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     # The modulating factor is not detached: the official implementation backpropagates it.
     return _reduce(bce * (target - logits.sigmoid()).abs().pow(beta), reduction)
@@ -111,6 +123,7 @@ def classification_loss(
     opts: LossOptions,
     guided_pos: Tensor | None = None,
     guided_q: Tensor | None = None,
+    probabilities: bool = False,
 ) -> tuple[str, Tensor]:
     """The classification loss of `opts.cls`, summed, and its name ("loss_qfl", ...).
 
@@ -120,11 +133,12 @@ def classification_loss(
     guided_pos [P] the positives' indices and guided_q [P] their quality; each positive's
     gt-class loss is multiplied by w_i = q_i · Σ_j FL_j / Σ_j q_j·FL_j (q detached), which
     keeps the positives' total and the one-hot optimum but favours well-localised ones.
+    probabilities: `logits` are probabilities (GFLv2's joint score; QFL only).
     """
     c = logits.shape[1]
     w = weight[:, None]
     if opts.cls == "qfl":
-        loss = quality_focal_loss(logits, labels, scores, opts.qfl_beta, "none")
+        loss = quality_focal_loss(logits, labels, scores, opts.qfl_beta, "none", probabilities)
         return "loss_qfl", (loss * w).sum()
     target = soft_targets(labels, scores, c)
     if opts.cls == "vfl":

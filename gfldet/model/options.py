@@ -30,7 +30,7 @@ NECKS = ("fpn", "pafpn")
 # target is the IoU score (the joint representation, trained with QFL or VFL) or one-hot.
 QUALITY_SOFT_TARGETS = {
     "joint": True, "none": False, "centerness": False, "iou": False,
-    "centerness_guided": False, "iou_guided": False,
+    "centerness_guided": False, "iou_guided": False, "dgqp": True,
 }  # fmt: skip
 QUALITIES = tuple(QUALITY_SOFT_TARGETS)
 BOXES = ("general", "dirac", "gaussian")  # box representations (paper Table 2(a))
@@ -59,6 +59,15 @@ class NeckOptions:
 
 
 @dataclass
+class DGQPOptions:
+    """GFLv2's Distribution-Guided Quality Predictor (model.head.quality: dgqp)."""
+
+    topk: int = option(4, ge=1)  # the k largest probabilities of each edge's distribution
+    add_mean: bool = option(True)  # and their mean: 4 x (k + 1) inputs
+    channels: int = option(64, ge=1)  # hidden channels of its two 1x1 convs
+
+
+@dataclass
 class HeadOptions:
     feat_channels: int = option(256, ge=1)
     stacked_convs: int = option(4, ge=0)
@@ -73,6 +82,7 @@ class HeadOptions:
     quality: str = option("joint", choices=QUALITIES)
     box: str = option("general", choices=BOXES)
     bin_width: float = option(1.0, gt=0)  # Δ: bins y_i = i * Δ (in strides), i = 0..reg_max
+    dgqp: DGQPOptions = section(DGQPOptions)  # quality dgqp (GFLv2)
 
 
 @dataclass
@@ -122,6 +132,25 @@ def check_model_options(m: ModelOptions) -> None:
     Raises OptionError naming the keys (relative to `model`).
     """
     quality, cls = m.head.quality, m.loss.cls
+    if quality == "dgqp":
+        if m.head.box != "general":
+            raise OptionError(
+                ["head.quality", "head.box"],
+                "{head.quality} 'dgqp' predicts the quality from the edge distributions: it "
+                f"needs {{head.box}} general, got {m.head.box!r}",
+            )
+        if cls != "qfl":
+            raise OptionError(
+                ["head.quality", "loss.cls"],
+                "{head.quality} 'dgqp' trains the joint score sigmoid(cls) x quality with QFL "
+                f"on probabilities: {{loss.cls}} must be qfl, got {cls!r}",
+            )
+        if m.head.dgqp.topk > m.head.reg_max + 1:
+            raise OptionError(
+                ["head.dgqp.topk", "head.reg_max"],
+                f"{{head.dgqp.topk}} ({m.head.dgqp.topk}) cannot exceed the {m.head.reg_max + 1} "
+                "bins of an edge ({head.reg_max} + 1)",
+            )
     if QUALITY_SOFT_TARGETS[quality] and not CLS_LOSS_SOFT_TARGETS[cls]:
         raise OptionError(
             ["loss.cls", "head.quality"],

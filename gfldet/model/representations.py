@@ -18,6 +18,10 @@ box losses and how it forms the test score:
     centerness / iou   a separate branch (on the regression tower) trained with BCE; the test
                        score is sigmoid(cls) x sigmoid(branch)
     *_guided           no branch: the quality re-weights the positives' focal loss
+    dgqp               GFLv2 (Li et al., CVPR 2021): the quality I is predicted from statistics
+                       of the edge distributions (`distribution_statistics`) by a tiny
+                       Distribution-Guided Quality Predictor; the joint score sigmoid(cls) x I
+                       is trained as a whole with QFL on probabilities and is the test score
 
 Built by name from the model options (`box_representation`, `QUALITY_REPRESENTATIONS`).
 """
@@ -155,6 +159,9 @@ class QualityRepresentation:
     guided: bool = False  # the quality re-weights the positives' focal loss
     from_centerness: bool = False  # the quality is the centerness target (else the IoU)
     weights_boxes: bool = False  # box losses weighted by the quality (ATSS), not the score
+    # The quality is a probability I from the edge distributions (GFLv2's DGQP), and the
+    # class target is learnt by the product sigmoid(cls) x I.
+    from_distributions: bool = False
 
     @property
     def soft_targets(self) -> bool:
@@ -166,17 +173,24 @@ class QualityRepresentation:
         the FCOS centerness of its location in its gt, or the IoU of its predicted box."""
         return centerness(centers, target_box) if self.from_centerness else iou
 
-    def box_weight(self, cls_pos: Tensor, q: Tensor) -> Tensor:
+    def box_weight(self, cls_pos: Tensor, q: Tensor, quality_pos: Tensor | None) -> Tensor:
         """Per-positive weight of the box losses: ATSS's centerness target, or GFL's detached
-        best class score. cls_pos [P, C] logits, q [P]."""
+        best class score (GFLv2: of the joint score). cls_pos [P, C] logits, q [P],
+        quality_pos [P, 1] or None."""
         if self.weights_boxes:
             return q.to(cls_pos.dtype)
-        return cls_pos.detach().sigmoid().amax(-1)
+        scores = cls_pos.detach().sigmoid()
+        if self.from_distributions:
+            scores = scores * quality_pos.detach()
+        return scores.amax(-1)
 
     def scores(self, cls: Tensor, quality: Tensor | None) -> Tensor:
-        """Test scores [B, A, C] from class logits [B, A, C] and the branch's logits [B, A, 1]."""
+        """Test scores [B, A, C] from class logits [B, A, C] and the head's quality [B, A, 1]
+        (a branch's logits, or DGQP's probability)."""
         scores = cls.sigmoid()
-        return scores * quality.sigmoid() if self.branch else scores
+        if self.branch:
+            return scores * quality.sigmoid()
+        return scores * quality if self.from_distributions else scores
 
     def branch_loss(self, quality_pos: Tensor, q: Tensor, opts: LossOptions) -> dict[str, Tensor]:
         """The branch's summed BCE against q (the caller divides by the positives' count)."""
@@ -197,5 +211,19 @@ QUALITY_REPRESENTATIONS = {
         QualityRepresentation("iou", branch=True),
         QualityRepresentation("centerness_guided", guided=True, from_centerness=True),
         QualityRepresentation("iou_guided", guided=True),
+        QualityRepresentation("dgqp", from_distributions=True),
     )
 }
+
+
+def distribution_statistics(probs: Tensor, topk: int = 4, add_mean: bool = True) -> Tensor:
+    """GFLv2's input to the quality predictor: for each edge distribution its `topk` largest
+    probabilities (in decreasing order) and, with `add_mean`, their mean.
+
+    probs [B, 4, n+1, H, W] (softmax over dim 2) -> [B, 4 * (topk + add_mean), H, W], the
+    statistics of the left, top, right and bottom edges one after the other. Not detached:
+    GFLv2 trains the distributions through the predictor too.
+    """
+    top = probs.topk(topk, dim=2).values
+    stats = torch.cat([top, top.mean(2, keepdim=True)], 2) if add_mean else top
+    return stats.flatten(1, 2)

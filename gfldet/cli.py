@@ -1,4 +1,5 @@
-"""Command line: `gfldet train | eval | infer | export | convert-mmdet | curves | data synth`."""
+"""Command line: `gfldet train | eval | infer | export | convert-mmdet | curves | data
+(synth | convert | check | stats)`."""
 
 from __future__ import annotations
 
@@ -43,8 +44,10 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     init_distributed(device)  # under torchrun every rank predicts a shard of the val set
     setup_logging()
     d = cfg["data"]
-    dataset = build_dataset(d["val"], train=False, skip_bad=d["skip_bad_images"])
     model, state = load_trained_model(cfg, a.checkpoint, device, fast=True)
+    # A VOC split's classes are the checkpoint's (its own may lack some).
+    classes = d["classes"] or state.get("classes")
+    dataset = build_dataset(d["val"], False, d["skip_bad_images"], classes)
     ckpt_ids = state.get("cat_ids")
     if ckpt_ids is not None and [int(c) for c in ckpt_ids] != list(dataset.cat_ids):
         raise ValueError(
@@ -72,16 +75,21 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 def _cmd_infer(a: argparse.Namespace) -> int:
     from .engine.infer import expand_inputs, infer_images
     from .engine.predictor import Predictor
+    from .engine.video import infer_video, split_inputs, video_output_path
 
     if not (math.isfinite(a.score_thr) and 0 <= a.score_thr <= 1):
         raise ValueError(f"--score-thr must be a number in [0, 1], got {a.score_thr}")
+    if a.every < 1:
+        raise ValueError(f"--every must be >= 1 (predict every N-th frame), got {a.every}")
     # `--set k=v img.jpg`: argparse gives the image to --set; move it back to the inputs.
     inputs = a.inputs + [s for s in a.set if "=" not in s]
     if not inputs:
-        raise ValueError("infer: give at least one image file, folder or glob")
+        raise ValueError("infer: give at least one image file, folder, glob, video or image "
+                         "sequence")  # fmt: skip
     cfg = load_config(a.config, [s for s in a.set if "=" in s])
     out_dir = Path(a.out_dir)
-    files = expand_inputs(inputs, exclude=out_dir)
+    videos, rest = split_inputs(inputs)
+    files = expand_inputs(rest, exclude=out_dir) if rest else []
     _check_writable(out_dir)
     predictor = Predictor(cfg, a.checkpoint, cfg["device"])
     box = predictor.model.head.box
@@ -90,11 +98,24 @@ def _cmd_infer(a: argparse.Namespace) -> int:
             f"--show-uncertainty needs edge distributions (model.head.box: general); "
             f"this model's box representation is {box.name!r}"
         )
-    s = infer_images(predictor, files, out_dir, a.score_thr, a.show_uncertainty,
-                     cfg["data"]["skip_bad_images"])  # fmt: skip
-    skipped = f", {s['skipped']} skipped as unreadable" if s["skipped"] else ""
-    print(f"{s['images']} images{skipped}, {s['detections']} detections "
-          f"(score >= {a.score_thr}) -> {out_dir}")  # fmt: skip
+    used: set[Path] = set()
+    for src in videos:
+        out = video_output_path(src, out_dir)
+        while out in used:  # two inputs of the same name
+            out = out.with_name(out.stem + "_" + out.suffix)
+        used.add(out)
+        v = infer_video(predictor, src, out, a.every, a.score_thr, a.show_uncertainty,
+                        batch_size=a.batch_size)  # fmt: skip
+        assumed = f" (the source gives none: {v['fps_in']:g} assumed)" if v["fps_assumed"] else ""
+        print(f"{src}: {v['frames']} frames ({v['predicted']} predicted), {v['detections']} "
+              f"detections, {v['fps_processed']:.1f} frames/s -> {v['video']}{assumed}, "
+              f"{v['jsonl']}")  # fmt: skip
+    if files:
+        s = infer_images(predictor, files, out_dir, a.score_thr, a.show_uncertainty,
+                         cfg["data"]["skip_bad_images"])  # fmt: skip
+        skipped = f", {s['skipped']} skipped as unreadable" if s["skipped"] else ""
+        print(f"{s['images']} images{skipped}, {s['detections']} detections "
+              f"(score >= {a.score_thr}) -> {out_dir}")  # fmt: skip
     return 0
 
 
@@ -182,6 +203,65 @@ def _cmd_synth(a: argparse.Namespace) -> int:
     return synth_main([x for x in a.args if x != "--"])
 
 
+def _cmd_convert(a: argparse.Namespace) -> int:
+    from .data.loader import read_annotations
+    from .data.voc import write_voc
+    from .data.yolo import write_yolo
+    from .files import write_json_atomic
+
+    if a.src_format == a.dst_format:
+        raise ValueError(f"--from and --to are both {a.src_format}: nothing to convert")
+    if a.classes and a.src_format != "voc":
+        raise ValueError("--classes names a VOC dataset's classes (--from voc)")
+    if a.src_format == "coco":
+        from .data.coco import read_coco_json
+
+        data = read_coco_json(Path(a.src))
+    else:
+        if a.src_format == "yolo" and not a.img_dir:
+            raise ValueError("--from yolo needs --img-dir, the split's images folder")
+        img_dir = a.img_dir or Path(a.src).resolve().parents[2]
+        data = read_annotations(a.src_format, a.src, img_dir, a.classes)
+    out = Path(a.out)
+    if out.resolve() == Path(a.src).resolve():
+        raise ValueError(f"OUT {out} is the input {a.src}: refusing to overwrite it")
+    if a.dst_format == "coco":
+        _check_writable(out.resolve().parent, "OUT")
+        write_json_atomic(data, out)
+    else:
+        if not a.img_dir:
+            raise ValueError(f"--to {a.dst_format} needs --img-dir, where the images are")
+        write = write_voc if a.dst_format == "voc" else write_yolo
+        out = write(data, a.img_dir, out, a.split)
+    print(f"{a.src} ({a.src_format}): {len(data['images'])} images, "
+          f"{len(data['annotations'])} annotations, {len(data['categories'])} classes -> "
+          f"{out} ({a.dst_format})")  # fmt: skip
+    return 0
+
+
+def _cmd_check(a: argparse.Namespace) -> int:
+    from .data.check import check_data, format_check
+
+    report = check_data(load_config(a.config, a.set), not a.no_images, a.workers)
+    print(format_check(report))
+    return 0 if report["ok"] else 1
+
+
+def _cmd_stats(a: argparse.Namespace) -> int:
+    from .engine.data_stats import dataset_statistics, format_statistics
+
+    if a.max_images is not None and a.max_images < 1:
+        raise ValueError(f"--max-images must be >= 1, got {a.max_images}")
+    out = Path(a.out) if a.out else None
+    if out is not None:
+        _check_writable(out, "--out")
+    stats = dataset_statistics(load_config(a.config, a.set), out, a.max_images)
+    print(format_statistics(stats))
+    if out is not None:
+        print(f"wrote {out / 'data_stats.json'} and the plots in {out}")
+    return 0
+
+
 def _check_writable(out_dir: Path, option: str = "--out-dir") -> None:
     """Creates `out_dir` (the folder of `option`'s output) or raises a one-line error."""
     try:
@@ -223,10 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("infer", help="detect objects in images and draw them")
+    p = sub.add_parser("infer", help="detect objects in images or videos and draw them")
     _add_config_args(p)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("inputs", nargs="*", help="image files, folders or glob patterns")
+    p.add_argument(
+        "inputs", nargs="*",
+        help="image files, folders or glob patterns; video files (.mp4 .avi .mov .mkv ...) and "
+        "image sequences ('frames/%%06d.jpg')",
+    )  # fmt: skip
+    p.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        help="videos: predict every N-th frame (the others show the last boxes)",
+    )
+    p.add_argument("--batch-size", type=int, default=4, help="videos: frames per forward pass")
     p.add_argument("--out-dir", default="work_dirs/infer")
     p.add_argument("--score-thr", type=float, default=0.3)
     p.add_argument(
@@ -279,6 +370,35 @@ def build_parser() -> argparse.ArgumentParser:
     s = dsub.add_parser("synth", help="write the synthetic shapes dataset", add_help=False)
     s.add_argument("args", nargs=argparse.REMAINDER)
     s.set_defaults(func=_cmd_synth)
+
+    s = dsub.add_parser("convert", help="convert annotations between COCO, VOC and YOLO")
+    s.add_argument("--from", dest="src_format", required=True, choices=("coco", "voc", "yolo"))
+    s.add_argument("--to", dest="dst_format", required=True, choices=("coco", "voc", "yolo"))
+    s.add_argument(
+        "src", help="what data.*.ann_file takes: a COCO json, a VOC ImageSets list or a YOLO "
+        "data.yaml",
+    )  # fmt: skip
+    s.add_argument("out", help="--to coco: the json file to write; voc, yolo: a folder")
+    s.add_argument(
+        "--img-dir",
+        help="the images: YOLO's split folder, the VOC root (default: the list file's "
+        "../../), COCO's image folder (needed --to voc / yolo)",
+    )  # fmt: skip
+    s.add_argument("--classes", nargs="+", help="--from voc: the class names in label order")
+    s.add_argument("--split", default="train", help="--to voc / yolo: the split's name")
+    s.set_defaults(func=_cmd_convert)
+
+    s = dsub.add_parser("check", help="run every check training and evaluation make, now")
+    _add_config_args(s)
+    s.add_argument("--no-images", action="store_true", help="skip decoding every image")
+    s.add_argument("--workers", type=int, default=2, help="threads decoding images")
+    s.set_defaults(func=_cmd_check)
+
+    s = dsub.add_parser("stats", help="classes, box sizes, pyramid levels and reg_max fit")
+    _add_config_args(s)
+    s.add_argument("--out", help="folder for data_stats.json and the plots")
+    s.add_argument("--max-images", type=int, help="look at a seeded sample of N images")
+    s.set_defaults(func=_cmd_stats)
     return parser
 
 
@@ -294,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     # Expected failures (bad input, files, permissions, disk full, a NaN loss) get one line;
     # GFLDET_DEBUG=1 shows the traceback. Anything else is a bug and keeps its traceback.
-    except (ConfigError, OSError, ValueError, FloatingPointError) as e:
+    except (ConfigError, OSError, ValueError, FloatingPointError, ImportError) as e:
         if os.environ.get("GFLDET_DEBUG"):
             raise
         print(f"gfldet: error: {e}", file=sys.stderr)

@@ -224,6 +224,12 @@ def check_combinations(cfg: dict, origin: dict[str, Path | str] | None = None) -
     ms = cfg["data"]["train"]["ms_short_range"]
     if ms is not None and ms[0] > ms[1]:
         raise ConfigError(f"{at('data.train.ms_short_range')} must be [min, max], got {ms}")
+    d = cfg["data"]
+    if d["classes"] is not None and "voc" not in (d["train"]["format"], d["val"]["format"]):
+        raise ConfigError(
+            f"{at('data.classes')} names the classes of a VOC dataset (data.*.format: voc); "
+            "COCO files and YOLO's data.yaml name their own"
+        )
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

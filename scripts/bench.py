@@ -17,6 +17,8 @@ Sections (docs/benchmarks.md says what every number means):
   loader  training-loader images/s on the shapes dataset with 0 and 2 workers, and how long
           the demo model's training waits for data with 2 workers
   coco    COCO evaluation (pycocotools, gfldet's evaluator) of the shapes val set
+  data    reading 20k images' annotations as COCO json, Pascal VOC and YOLO (into a dataset,
+          every check included), and the memory of a 100k-image dataset in memory
   lite    latency, batch 1, 320x320, from a uint8 RGB image: gfldet-lite
           (configs/gfl_lite_320_coco.yaml) through gfldet.Predictor vs torchvision's
           ssdlite320_mobilenet_v3_large and fasterrcnn_mobilenet_v3_large_320_fpn
@@ -56,8 +58,10 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from gfldet.config import load_config
+from gfldet.data.coco import CocoDetection
 from gfldet.data.loader import build_dataloader, build_dataset
 from gfldet.data.synth import write_shapes_dataset
+from gfldet.data.transforms import TestTransform
 from gfldet.engine.evaluator import coco_evaluate
 from gfldet.engine.optim import build_optimizer
 from gfldet.files import write_json_atomic
@@ -72,7 +76,7 @@ RECIPE = ROOT / "configs" / "gfl_r50_fpn_1x_coco.yaml"
 RECIPE_V2 = ROOT / "configs" / "gflv2_r50_fpn_1x_coco.yaml"
 DEMO = ROOT / "configs" / "shapes_demo.yaml"
 LITE = ROOT / "configs" / "gfl_lite_320_coco.yaml"
-SECTIONS = ("infer", "train", "atss", "loader", "coco", "lite")
+SECTIONS = ("infer", "train", "atss", "loader", "coco", "data", "lite")
 PEER_CLASSES_LITE = 91  # torchvision's COCO detectors of the lite section: 90 ids + background
 PEER_CLASSES = 81  # torchvision's detectors for COCO's 80 classes (+1, their convention)
 LOADED_PAIRS = 3000  # (box, class) pairs over the score threshold in the "loaded" case
@@ -105,6 +109,11 @@ DEFINITIONS = {
     "that ~3000 (box, class) pairs pass the threshold, as a trained model's; torchvision's "
     "models: their own transform and post-processing)",
     "lite_ratio_frcnn": "the same against torchvision's Faster R-CNN MobileNetV3-320-FPN",
+    "data_read_s": "seconds to read the annotations of 20k images (7 boxes each) into a gfldet "
+    "dataset (gfldet.data.loader.build_dataset: parsing, every check, the image files' presence; "
+    "YOLO also reads every image's header), the slowest of COCO json, VOC and YOLO",
+    "data_memory_mib": "resident memory taken by a dataset of 100k images (700k boxes) built "
+    "from a COCO json, MiB",
 }
 
 # name -> (bench.json key, comparison, limit): the issue's CPU targets.
@@ -117,6 +126,8 @@ TARGETS = {
     "data wait share (2 workers)": ("loader_wait_share", "<=", 0.05),
     "lite / SSDlite latency": ("lite_ratio_ssdlite", "<=", 0.80),
     "GFLv2 / GFL inference": ("infer_ratio_gflv2_gfl", "<=", 1.03),
+    "annotations of 20k images (s)": ("data_read_s", "<=", 10.0),
+    "memory of 100k images (MiB)": ("data_memory_mib", "<=", 1024.0),
 }
 
 
@@ -134,12 +145,14 @@ class Sizes:
     coco_dets_per_image: int = 100  # test.max_per_img
     demo_set: tuple[str, ...] = ()  # overrides of the demo config
     lite_hw: tuple[int, int] = (320, 320)
+    data_images: int = 20_000  # read in each format
+    data_memory_images: int = 100_000
 
 
 QUICK = Sizes(
     infer_hw=(64, 96), train_hw=(64, 64), atss_hw=(128, 192), atss_images=4, atss_gts=5,
     loader_batches=2, demo_steps=2, demo_set=("data.train.img_scale=[64,64]",),
-    lite_hw=(64, 64),
+    lite_hw=(64, 64), data_images=50, data_memory_images=200,
 )  # fmt: skip
 
 
@@ -418,6 +431,74 @@ def bench_lite(sz: Sizes, repeats: int, warmup: int, out: dict, tmp: Path) -> No
         "ssdlite": sum(p.numel() for p in ssd.parameters()),
         "frcnn_mobilenet_320": sum(p.numel() for p in frcnn.parameters()),
     }
+
+
+# -- data -------------------------------------------------------------------------------------
+def synthetic_coco(images: int, boxes: int = 7, size: tuple[int, int] = (640, 480)) -> dict:
+    """A COCO dict of `images` images with `boxes` random boxes each, 80 classes."""
+    rng = np.random.default_rng(0)
+    w, h = size
+    xy = rng.uniform(0, 0.8, (images * boxes, 2)) * [w, h]
+    wh = rng.uniform(0.02, 0.2, (images * boxes, 2)) * [w, h]
+    cats = rng.integers(1, 81, images * boxes)
+    anns = [{"id": k + 1, "image_id": k // boxes + 1, "category_id": int(cats[k]),
+             "bbox": [float(xy[k, 0]), float(xy[k, 1]), float(wh[k, 0]), float(wh[k, 1])],
+             "area": float(wh[k, 0] * wh[k, 1]), "iscrowd": 0}
+            for k in range(images * boxes)]  # fmt: skip
+    return {
+        "images": [
+            {"id": i + 1, "file_name": f"{i:07d}.jpg", "width": w, "height": h}
+            for i in range(images)
+        ],  # fmt: skip
+        "annotations": anns,
+        "categories": [{"id": c, "name": f"class{c}"} for c in range(1, 81)],
+    }
+
+
+def resident_mib() -> float:
+    with open("/proc/self/statm") as f:  # Linux: resident pages
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def bench_data(sz: Sizes, repeats: int, warmup: int, out: dict, tmp: Path) -> None:
+    """Each format read into a dataset, as `gfldet train` reads it; then the memory."""
+    import json
+
+    import cv2
+
+    from gfldet.data.voc import write_voc
+    from gfldet.data.yolo import write_yolo
+
+    coco = synthetic_coco(sz.data_images, size=(32, 24))  # tiny image files: YOLO reads them
+    src = tmp / "images"
+    src.mkdir()
+    tiny = cv2.imencode(".jpg", np.zeros((24, 32, 3), np.uint8))[1].tobytes()
+    for im in coco["images"]:
+        (src / im["file_name"]).write_bytes(tiny)
+    (tmp / "coco.json").write_text(json.dumps(coco))
+    voc_list = write_voc(coco, src, tmp / "voc", "train")
+    yolo_yaml = write_yolo(coco, src, tmp / "yolo", "train")
+    splits = {
+        "coco": {"format": "coco", "ann_file": str(tmp / "coco.json"), "img_dir": str(src)},
+        "voc": {"format": "voc", "ann_file": str(voc_list), "img_dir": str(tmp / "voc")},
+        "yolo": {"format": "yolo", "ann_file": str(yolo_yaml),
+                 "img_dir": str(tmp / "yolo" / "images" / "train")},
+    }  # fmt: skip
+    fns = {name: partial(build_dataset, {**split, "img_scale": [1333, 800]}, False)
+           for name, split in splits.items()}  # fmt: skip
+    times = measure(fns, repeats, warmup)
+    m = {k: med(v) for k, v in times.items()}
+    out["times"]["data"] = times
+    out["medians"]["data"] = m
+    out["data_read_s"] = max(m.values())
+    out["data_images"] = sz.data_images
+
+    big = tmp / "big.json"
+    big.write_text(json.dumps(synthetic_coco(sz.data_memory_images)))
+    before = resident_mib()
+    dataset = CocoDetection(big, tmp, TestTransform((1333, 800)), train=True)
+    out["data_memory_mib"] = resident_mib() - before
+    out["data_memory_images"] = len(dataset)
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -736,6 +817,14 @@ def report(out: dict) -> str:
             f"training {out['demo_train_images_per_s']:.1f} images/s, waiting for data "
             f"{100 * out['loader_wait_share']:.1f} % of the time (2 workers)",
         ]
+    if "data" in med_:
+        m = med_["data"]
+        lines += [
+            f"\nreading {out['data_images']} images' annotations into a dataset (s): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in m.items())
+            + f"; {out['data_memory_images']} images in memory: "
+            f"{out['data_memory_mib']:.0f} MiB",
+        ]
     if "lite" in med_:
         h, w = sz["lite_hw"]
         m, p = med_["lite"], out["lite_params"]
@@ -812,6 +901,9 @@ def main(argv: list[str] | None = None) -> int:
             bench_loader(sz, repeats, warmup, out, data)
         elif section == "coco":
             bench_coco(sz, repeats, warmup, out, data)
+        elif section == "data":
+            with tempfile.TemporaryDirectory() as tmp:
+                bench_data(sz, repeats, warmup, out, Path(tmp))
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 bench_lite(sz, repeats, warmup, out, Path(tmp))

@@ -19,7 +19,7 @@ REQUIRED = (
     "atss_share", "postprocess_share", "postprocess_share_random",
     "loader_images_per_s_0_workers", "loader_images_per_s_2_workers", "loader_wait_share",
     "demo_train_images_per_s", "coco_eval_s", "lite_ratio_ssdlite", "lite_ratio_frcnn",
-    "infer_ratio_gflv2_gfl",
+    "infer_ratio_gflv2_gfl", "data_read_s",
 )  # fmt: skip
 
 
@@ -61,7 +61,7 @@ def test_bench_quick_writes_every_measurement(shapes, tmp_path):
     assert res["machine"]["threads"] == 1 and res["machine"]["torch"] == torch.__version__
     assert res["machine"]["cpu"]
     # Raw times of every contender, each a list of positive seconds.
-    for section in ("infer", "train", "atss", "loader", "coco", "lite"):
+    for section in ("infer", "train", "atss", "loader", "coco", "data", "lite"):
         times = res["times"][section]
         assert times and all(v and all(positive_finite(t) for t in v) for v in times.values())
     for key in ("gfldet", "gfldet_loaded", "fcos", "retinanet", "postprocess_loaded"):
@@ -70,6 +70,7 @@ def test_bench_quick_writes_every_measurement(shapes, tmp_path):
     assert abs(res["postprocess_candidates"] - bench.LOADED_PAIRS) <= 30
     assert abs(res["lite_candidates"] - bench.LOADED_PAIRS) <= 30
     assert res["lite_params"]["gfldet_lite"] <= 4_000_000
+    assert set(res["medians"]["data"]) == {"coco", "voc", "yolo"} and res["data_memory_images"] > 0
     assert 0 < res["postprocess_detections"] <= 100
     assert 0 < res["postprocess_share"] < 1 and 0 < res["atss_share"] < 1
     assert res["coco_eval_detections"] == res["coco_eval_images"] * 100

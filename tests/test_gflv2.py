@@ -72,15 +72,27 @@ def test_every_gflv2_ablation_config_builds(path):
     assert cfg == base
 
 
-def tiny(quality: str = "dgqp") -> torch.nn.Module:
+def tiny(quality: str = "dgqp", init_bias: float = 0.0) -> torch.nn.Module:
     cfg = copy.deepcopy(DEFAULTS)
     m = cfg["model"]
     m["num_classes"] = 2
     m["backbone"].update(depth=18, base_width=8)
     m["neck"]["out_channels"] = 16
     m["head"].update(feat_channels=16, stacked_convs=1, num_groups=4, quality=quality)
+    m["head"]["dgqp"]["init_bias"] = init_bias
     torch.manual_seed(0)
     return build_model(cfg)
+
+
+def test_dgqp_starts_at_sigmoid_of_init_bias():
+    """I starts at 0.5 as the official code's, or at sigmoid(init_bias): the last conv's
+    weights are N(0, 0.01), so the statistics move it by far less than 0.01."""
+    for bias, expect in ((0.0, 0.5), (4.0, torch.sigmoid(torch.tensor(4.0)).item())):
+        model = tiny(init_bias=bias)
+        feats = [torch.randn(1, 16, 4, 4)]
+        _, _, quality = model.head(feats)
+        assert quality.shape == (1, 16, 1)
+        assert torch.allclose(quality, torch.full_like(quality, expect), atol=1e-3)
 
 
 def test_the_joint_score_is_trained_with_qfl_on_probabilities():

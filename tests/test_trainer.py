@@ -98,7 +98,7 @@ def test_sigkill_then_resume_gives_the_same_weights(shapes, tmp_path, restore_de
     # Killed in iteration 8 of 8: the last checkpoint is the mid-epoch one of iteration 6.
     state = load_checkpoint(killed / "latest.pth")
     assert (state["epoch"], state["iter"], state["epoch_iter"]) == (1, 6, 2)
-    assert [r["iter"] for r in log_records(killed)] == list(range(1, 8))
+    assert [r["iter"] for r in log_records(killed) if "loss" in r] == list(range(1, 8))
 
     # Resume with the command a user would type (workers off this time).
     args = ["train", "--config", str(killed / "config.yaml"), "--resume",
@@ -175,7 +175,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shapes, tmp_path):
     for name, value in model.named_parameters():  # the bad step changed no weight
         assert torch.equal(state["model"][name], value), name
         assert torch.isfinite(value).all()
-    assert [r["iter"] for r in log_records(work)] == [1, 2]
+    assert [r["iter"] for r in log_records(work) if "loss" in r] == [1, 2]
 
 
 def test_keep_last_and_resume_from_an_epoch_file(shapes, tmp_path):

@@ -90,7 +90,7 @@ def load_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def _read_coco_json(ann_file: Path) -> dict:
+def read_coco_json(ann_file: Path) -> dict:
     if not ann_file.is_file():
         raise FileNotFoundError(f"annotation file not found: {ann_file}")
     try:
@@ -179,6 +179,8 @@ class CocoDetection(torch.utils.data.Dataset):
 
     skip_bad: an unreadable image makes `__getitem__` return None (with a warning) instead of
     raising, and an annotation with an invalid box is left out (counted in `box_stats`).
+    data: the annotations as a COCO dict already in memory (a VOC or YOLO set read by
+    gfldet.data.loader.read_annotations) instead of the json file `ann_file`.
     `box_stats` also counts boxes clipped to the image and boxes dropped as unusable.
     """
 
@@ -189,10 +191,13 @@ class CocoDetection(torch.utils.data.Dataset):
         transform: Transform,
         train: bool,
         skip_bad: bool = False,
+        data: dict | None = None,
     ) -> None:
         self.ann_file, self.img_dir = Path(ann_file), Path(img_dir)
         self.transform, self.train, self.skip_bad = transform, train, skip_bad
-        data = _read_coco_json(self.ann_file)
+        # A dict read from another format (gfldet.data.loader.read_annotations) goes through
+        # the same checks as a COCO file; errors name `ann_file` either way.
+        data = read_coco_json(self.ann_file) if data is None else data
         _check_images_and_categories(self.ann_file, data)
         image_ids = {im["id"] for im in data["images"]}
         cat_ids = {c["id"] for c in data["categories"]}
@@ -226,6 +231,7 @@ class CocoDetection(torch.utils.data.Dataset):
                     )
                 if self.box_stats["invalid"] == 0:
                     log.warning("%s: left out annotation %s: %s", self.ann_file, ann["id"], problem)
+                log.debug("%s: annotation %s: %s", self.ann_file, ann["id"], problem)
                 self.box_stats["invalid"] += 1
                 continue
             if ann["id"] in ann_ids:
@@ -236,6 +242,7 @@ class CocoDetection(torch.utils.data.Dataset):
                         "(data.skip_bad_images: true renumbers duplicates)"
                     )
                 duplicates.append(ann)
+                log.debug("%s: annotation id %s appears more than once", self.ann_file, ann["id"])
             ann_ids.add(ann["id"])
             # pycocotools' evaluation reads `iscrowd` and `area` of every ground-truth box.
             if "iscrowd" not in ann or "area" not in ann:

@@ -8,25 +8,45 @@ import signal
 import threading
 import logging
 from functools import partial
+from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
-from gfldet.data.coco import CocoDetection
-from gfldet.data.sampler import GroupedBatchSampler
-from gfldet.data.transforms import TestTransform, TrainTransform, collate_batch
+from .coco import CocoDetection
+from .sampler import GroupedBatchSampler
+from .transforms import TestTransform, TrainTransform, collate_batch
+from .voc import read_voc
+from .yolo import read_yolo
 
 log = logging.getLogger("gfldet")
 
 
-def build_dataset(split_cfg: dict, train: bool, skip_bad: bool = False) -> CocoDetection:
+def read_annotations(
+    fmt: str, ann_file: str | Path, img_dir: str | Path, classes: list[str] | None = None,
+    skip_bad: bool = False,
+) -> dict | None:  # fmt: skip
+    """A VOC or YOLO split as a COCO dict in memory (None for COCO: CocoDetection reads the
+    json itself). voc: ann_file is the split's ImageSets list, img_dir the VOC root; yolo:
+    ann_file is the data.yaml, img_dir the split's images (see gfldet.data.voc / .yolo)."""
+    if fmt == "voc":
+        return read_voc(ann_file, img_dir, classes, skip_bad)
+    if fmt == "yolo":
+        return read_yolo(ann_file, img_dir, skip_bad)
+    return None
+
+
+def build_dataset(
+    split_cfg: dict, train: bool, skip_bad: bool = False, classes: list[str] | None = None
+) -> CocoDetection:
     """Builds a CocoDetection from a `data.train` / `data.val` config section.
 
-    Keys used: ann_file, img_dir, img_scale ([long, short]); for training also flip_prob and
-    ms_short_range (null or [min, max]). Other keys (batch_size, ...) are ignored.
-    skip_bad: the config's `data.skip_bad_images` (see CocoDetection).
+    Keys used: format, ann_file, img_dir, img_scale ([long, short]); for training also
+    flip_prob and ms_short_range (null or [min, max]). Other keys (batch_size, ...) are ignored.
+    skip_bad: the config's `data.skip_bad_images` (see CocoDetection); classes: the class names
+    of a VOC split, in label order (None: its sorted names).
     """
     img_scale = tuple(split_cfg["img_scale"])  # [long, short], checked by the config
     if train:
@@ -38,8 +58,12 @@ def build_dataset(split_cfg: dict, train: bool, skip_bad: bool = False) -> CocoD
         )
     else:
         transform = TestTransform(img_scale=img_scale)
+    data = read_annotations(
+        split_cfg.get("format", "coco"), split_cfg["ann_file"], split_cfg["img_dir"], classes,
+        skip_bad,
+    )  # fmt: skip
     dataset = CocoDetection(
-        split_cfg["ann_file"], split_cfg["img_dir"], transform, train=train, skip_bad=skip_bad
+        split_cfg["ann_file"], split_cfg["img_dir"], transform, train, skip_bad, data
     )
     # Found now, not at the first evaluation after hours of training.
     missing = dataset.missing_images()
@@ -52,6 +76,8 @@ def build_dataset(split_cfg: dict, train: bool, skip_bad: bool = False) -> CocoD
         if not skip_bad:
             raise FileNotFoundError(f"{what}; data.skip_bad_images: true skips them")
         log.warning("%s: they will be skipped (data.skip_bad_images)", what)
+        for path in missing:  # each one, for `gfldet data check`
+            log.debug("image file not found: %s", path)
     return dataset
 
 

@@ -7,9 +7,13 @@ from dataclasses import dataclass
 
 from ..options import option, section
 
+# Annotation formats (gfldet.data.loader.read_annotations): COCO json, Pascal VOC, YOLO.
+FORMATS = ("coco", "voc", "yolo")
+
 
 @dataclass
 class TrainSplitOptions:
+    format: str = option("coco", choices=FORMATS)
     ann_file: str = option("data/coco/annotations/instances_train2017.json")
     img_dir: str = option("data/coco/train2017")
     batch_size: int = option(2, ge=1)  # per process
@@ -22,6 +26,7 @@ class TrainSplitOptions:
 
 @dataclass
 class ValSplitOptions:
+    format: str = option("coco", choices=FORMATS)
     ann_file: str = option("data/coco/annotations/instances_val2017.json")
     img_dir: str = option("data/coco/val2017")
     batch_size: int = option(1, ge=1)
@@ -38,3 +43,5 @@ class DataOptions:
     mean: list[float] = option([123.675, 116.28, 103.53], length=3)  # RGB, 0..255
     std: list[float] = option([58.395, 57.12, 57.375], gt=0, length=3)
     size_divisor: int = option(32, ge=1)
+    # Format voc: the class names in label order (default: the sorted <name>s of the train split).
+    classes: list[str] | None = option(None)

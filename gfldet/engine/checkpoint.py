@@ -114,16 +114,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def rename_legacy_keys(weights: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoints of gfldet 0.1 named the neck `fpn`: their keys, renamed as the model's."""
+    if any(k.startswith("fpn.") for k in weights) and not any(
+        k.startswith("neck.") for k in weights
+    ):
+        return {("neck." + k[4:] if k.startswith("fpn.") else k): v for k, v in weights.items()}
+    return weights
+
+
 def load_model_weights(
     model: nn.Module, state: dict[str, Any], path: str | Path, key: str = "model"
 ) -> None:
     """Strictly loads state[key] ("model", or "ema" for the averaged weights) into model; a
-    mismatch names a few keys and shapes. Checkpoints of gfldet 0.1 named the neck `fpn`."""
-    weights = state[key]
-    if any(k.startswith("fpn.") for k in weights) and not any(
-        k.startswith("neck.") for k in weights
-    ):
-        weights = {("neck." + k[4:] if k.startswith("fpn.") else k): v for k, v in weights.items()}
+    mismatch names a few keys and shapes."""
+    weights = rename_legacy_keys(state[key])
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]

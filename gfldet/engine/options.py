@@ -35,3 +35,4 @@ class TrainOptions:
     checkpoint_interval_iters: int = option(0, ge=0)  # also save latest.pth every N iterations
     keep_last: int = option(0, ge=0)  # keep only the last N epoch_*.pth of the run; 0: all
     deterministic: bool = option(False)  # deterministic algorithms (bitwise resume on CPU)
+    tensorboard: bool = option(False)  # also log to WORK_DIR/tensorboard (needs tensorboard)

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from .. import dist as gdist
 from ..config import dump_config
 from ..data.loader import build_dataloader, build_dataset
+from ..data.transforms import collate_batch
 from ..dist import init_distributed
 from ..model.build import build_model
 from ..model.detector import GFL
@@ -51,8 +52,10 @@ from .checkpoint import (
 )
 from .curves import write_training_curves
 from .evaluator import evaluate, format_metrics
+from .finetune import format_report, init_from_checkpoint
 from .optim import build_optimizer, lr_at
 from .run_dir import check_work_dir, move_run_aside, new_run_problem
+from .run_logs import TensorBoard, write_results_csv
 from .runtime import (
     configure_determinism,
     resolve_device,
@@ -61,6 +64,7 @@ from .runtime import (
     setup_logging,
     start_log_file,
 )
+from .visualize import draw_detections
 
 __all__ = ["Trainer", "TrainingInterrupted", "train"]
 
@@ -87,6 +91,8 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         t, d = cfg["train"], cfg["data"]
+        if t["tensorboard"]:
+            TensorBoard.check_available()  # before anything is read or written
         configure_determinism(t["deterministic"])
         self.device = resolve_device(cfg["device"])
         init_distributed(self.device)
@@ -121,8 +127,9 @@ class Trainer:
         seed_everything(cfg["seed"] + gdist.rank())
 
         skip = d["skip_bad_images"]
-        self.train_set = build_dataset(d["train"], train=True, skip_bad=skip)
-        self.val_set = build_dataset(d["val"], train=False, skip_bad=skip)
+        self.train_set = build_dataset(d["train"], True, skip, d["classes"])
+        # A VOC val split takes the training set's classes (its own may lack some).
+        self.val_set = build_dataset(d["val"], False, skip, self.train_set.class_names)
         resolve_num_classes(cfg, self.train_set.class_names, d["train"]["ann_file"])
         if self.val_set.cat_ids != self.train_set.cat_ids:
             raise ValueError(
@@ -145,6 +152,12 @@ class Trainer:
         model = build_model(cfg)
         if gdist.is_main():
             gdist.barrier()
+        if cfg["model"]["init_from"] and not resume:  # before the EMA copy and DDP
+            report = init_from_checkpoint(
+                model, cfg["model"]["init_from"], self.train_set.class_names
+            )
+            for line in format_report(report).splitlines():
+                log.info(line)
         model = self._maybe_sync_bn(model).to(self.device)
         self.ema = None
         if t["ema"]:
@@ -171,6 +184,9 @@ class Trainer:
         self.iter = 0  # completed iterations, all epochs together
         self.epoch_iter = 0  # batches of the current epoch already trained on
         self.skipped_images = 0  # unreadable images skipped (data.skip_bad_images), all ranks
+        self.epoch_sums: dict[str, float] = {}  # loss terms summed over this epoch's steps
+        self.epoch_steps = 0
+        self.lr: float | None = None  # of the last step
         self.last_checkpoint: Path | None = None
         self._signal: str | None = None
         self._stopped = False
@@ -180,6 +196,9 @@ class Trainer:
         if gdist.is_main():
             dump_config(cfg, self.work_dir / "config.yaml")
         start_log_file(self.work_dir)
+        self.tensorboard = (
+            TensorBoard(self.work_dir) if t["tensorboard"] and gdist.is_main() else None
+        )
         n_params = sum(p.numel() for p in model.parameters())
         log.info(
             "model: %d classes, %.2fM parameters; %d train / %d val images; device %s x%d; lr %g"
@@ -224,6 +243,8 @@ class Trainer:
             "world_size": gdist.world_size(),
             "batch_size": self.batch_size,
             "skipped_images": self.skipped_images,
+            "epoch_sums": dict(self.epoch_sums),  # results.csv's epoch means, exact on resume
+            "epoch_steps": self.epoch_steps,
             "config": self.cfg,
             "classes": list(self.train_set.class_names),
             "cat_ids": [int(c) for c in self.train_set.cat_ids],
@@ -286,6 +307,8 @@ class Trainer:
                 self.ema.n_averaged.zero_()  # the next update copies the model
         self.epoch, self.iter = int(state.get("epoch", 0)), int(state.get("iter", 0))
         self.skipped_images = int(state.get("skipped_images", 0))
+        self.epoch_sums = {k: float(v) for k, v in (state.get("epoch_sums") or {}).items()}
+        self.epoch_steps = int(state.get("epoch_steps", 0))
         ws = gdist.world_size()
         epoch_iter = int(state.get("epoch_iter", 0))
         saved = (int(state.get("world_size", ws)), int(state.get("batch_size", self.batch_size)))
@@ -498,8 +521,12 @@ class Trainer:
                     log.warning("iteration %d skipped: no readable image in a batch", self.iter + 1)
             else:
                 losses = self.train_step(images, targets, lr)
+                for k, v in losses.items():
+                    self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
+                self.epoch_steps += 1
             self.iter += 1
             self.epoch_iter += 1
+            self.lr = lr
             if losses and (self.iter % t["log_interval"] == 0 or self.iter == 1):
                 loss = sum(losses.values())
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", **{
@@ -511,11 +538,26 @@ class Trainer:
                     **{k: round(v, 4) for k, v in losses.items()},
                     "time": round(time.time() - start, 1), **extra,
                 })  # fmt: skip
+                if self.tensorboard is not None:
+                    self.tensorboard.step(self.iter, lr, losses)
             if self._max_iters_reached():
                 return False
             if every and self.iter % every == 0 and self.epoch_iter < n:
                 self.save()  # mid-epoch; the epoch's end is saved by fit()
         return True
+
+    def _end_epoch(self) -> None:
+        """The epoch's mean losses into log.jsonl (results.csv is rebuilt from it)."""
+        if self.epoch_steps and gdist.is_main():
+            means = {k: round(v / self.epoch_steps, 5) for k, v in self.epoch_sums.items()}
+            means["loss"] = round(sum(means.values()), 5)
+            self._log_json({"epoch": self.epoch + 1, "iter": self.iter,
+                            "lr": self.lr, "epoch_mean": means})  # fmt: skip
+        self.epoch_sums, self.epoch_steps = {}, 0
+
+    def _write_results(self) -> None:
+        if gdist.is_main() and (self.work_dir / "log.jsonl").is_file():
+            write_results_csv(self.work_dir)
 
     def _evaluate(self) -> dict:
         """Evaluates the EMA weights when there are some, else the model's."""
@@ -523,6 +565,8 @@ class Trainer:
         # A BatchNorm-folded, channels_last copy: same detections, ~2x faster on the CPU.
         fast = prepare_for_inference(model)
         metrics = evaluate(fast, self.val_loader, self.device, self.work_dir)
+        if self.tensorboard is not None and metrics:
+            self.tensorboard.evaluation(self.iter, metrics, self._drawn_val_images(fast))
         if gdist.is_main():
             which = "EMA weights" if self.ema is not None else "weights"
             log.info("epoch %d (%s): %s", self.epoch, which, format_metrics(metrics))
@@ -534,6 +578,21 @@ class Trainer:
             self._log_json(record)
             self._plot_curves()
         return metrics
+
+    def _drawn_val_images(self, model: GFL, n: int = 4) -> list:
+        """The first `n` val images (RGB uint8) with the model's detections drawn."""
+        ds, out = self.val_set, []
+        for i in range(min(n, len(ds))):
+            sample = ds[i]
+            if sample is None:
+                continue
+            batch, targets = collate_batch([sample], self.cfg["data"]["size_divisor"])
+            det = model.predict(batch.to(self.device), targets)[0]
+            rgb = ds.read_image(ds.img_ids[i])
+            drawn = draw_detections(rgb[:, :, ::-1], det["boxes"], det["scores"], det["labels"],
+                                    ds.class_names, 0.3)  # fmt: skip
+            out.append(drawn[:, :, ::-1].copy())
+        return out
 
     def _plot_curves(self) -> None:
         """Redraws WORK_DIR/curves.png (loss terms, lr, val AP); a failed plot only warns."""
@@ -556,6 +615,7 @@ class Trainer:
                 if self._stopped:
                     self._save_and_stop()
                 # train.max_iters ends the run as if the epoch were complete (smoke tests).
+                self._end_epoch()
                 self.epoch += 1
                 self.epoch_iter = 0
                 last = self.epoch == t["epochs"] or self._max_iters_reached()
@@ -565,12 +625,15 @@ class Trainer:
                     self.save()
                 if t["eval_interval"] and (last or self.epoch % t["eval_interval"] == 0):
                     metrics = self._evaluate()
+                self._write_results()
                 if self._stop_requested():
                     self._save_and_stop()
         if self.skipped_images and gdist.is_main():
             log.warning("%d unreadable image(s) were skipped in this run", self.skipped_images)
         log.info("done: %d epochs, %d iterations; checkpoints in %s", self.epoch, self.iter,
                  self.work_dir)  # fmt: skip
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         return metrics
 
 

@@ -163,9 +163,9 @@ def class_order(
             )
         return list(COCO_CLASSES), list(COCO_CAT_IDS), list(range(num_channels))
 
-    from ..data.coco import _read_coco_json
+    from ..data.coco import read_coco_json
 
-    cats = _read_coco_json(Path(ann_file))["categories"]
+    cats = read_coco_json(Path(ann_file))["categories"]
     wanted = set(classes) if classes is not None else {c["name"] for c in cats}
     missing = sorted(wanted - {c["name"] for c in cats})
     if missing:

@@ -155,6 +155,8 @@ class GFLHead(nn.Module):
                     nn.init.zeros_(m.bias)
         # Start every score at prior_prob so the many negatives don't swamp the first steps.
         nn.init.constant_(self.gfl_cls.bias, -math.log((1 - o.prior_prob) / o.prior_prob))
+        if self.dgqp is not None:
+            nn.init.constant_(self.reg_conf[2].bias, self.dgqp.init_bias)
 
     def forward(self, feats: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
         cls_out, reg_out, quality_out = [], [], []

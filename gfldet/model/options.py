@@ -65,6 +65,9 @@ class DGQPOptions:
     topk: int = option(4, ge=1)  # the k largest probabilities of each edge's distribution
     add_mean: bool = option(True)  # and their mean: 4 x (k + 1) inputs
     channels: int = option(64, ge=1)  # hidden channels of its two 1x1 convs
+    # Bias of its last conv at the start: I starts at sigmoid(init_bias); 0 (I = 0.5) as the
+    # official code. Short from-scratch runs do better starting near 1 (docs/ablations.md).
+    init_bias: float = option(0.0)
 
 
 @dataclass
@@ -118,6 +121,9 @@ class TestOptions:
 @dataclass
 class ModelOptions:
     num_classes: int | None = option(None, ge=1)  # taken from the training set when null
+    # A new run starts from this detector checkpoint (gfldet's or MMDetection's), its class
+    # conv rows matched by class name (gfldet.engine.finetune); --resume continues a run.
+    init_from: str | None = option(None)
     backbone: BackboneOptions = section(BackboneOptions)
     neck: NeckOptions = section(NeckOptions)
     head: HeadOptions = section(HeadOptions)

@@ -1,0 +1,293 @@
+"""Fine-tuning from a detector checkpoint (model.init_from): what is loaded, what is not."""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+
+import pytest
+import torch
+from test_interop import mmdet_gfl_state
+
+from gfldet.config import DEFAULTS
+from gfldet.engine.checkpoint import save_checkpoint
+from gfldet.engine.finetune import format_report, init_from_checkpoint, match_classes
+from gfldet.interop.mmdet import COCO_CLASSES
+from gfldet.model.build import build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PRIOR = -math.log((1 - 0.01) / 0.01)  # gfl_cls bias at model.head.prior_prob 0.01
+CLS = ("head.gfl_cls.weight", "head.gfl_cls.bias")
+
+
+def tiny_model(classes: list[str], seed: int, feat: int = 16) -> torch.nn.Module:
+    cfg = copy.deepcopy(DEFAULTS)
+    m = cfg["model"]
+    m["num_classes"] = len(classes)
+    m["backbone"].update(depth=18, base_width=8, frozen_stages=-1, norm_eval=False)
+    m["neck"]["out_channels"] = 16
+    m["head"].update(feat_channels=feat, stacked_convs=1, num_groups=4)
+    torch.manual_seed(seed)
+    return build_model(cfg)
+
+
+def trained_state(classes: list[str], seed: int = 0, feat: int = 16) -> dict[str, torch.Tensor]:
+    """A state dict in which every tensor differs from a fresh model's: random weights, BN
+    statistics and counters, as a trained checkpoint's."""
+    sd = tiny_model(classes, seed, feat).state_dict()
+    g = torch.Generator().manual_seed(seed + 100)
+    out = {}
+    for k, v in sd.items():
+        if v.is_floating_point():
+            r = torch.randn(v.shape, generator=g)
+            out[k] = r.abs() + 0.5 if k.endswith("running_var") else r
+        else:
+            out[k] = v + 7  # num_batches_tracked
+    return out
+
+
+def save(tmp_path, sd: dict, classes: list[str] | None, name: str = "ckpt.pth", **extra) -> str:
+    state = {"model": sd, **extra}
+    if classes is not None:
+        state.update(classes=list(classes), cat_ids=list(range(1, len(classes) + 1)))
+    path = tmp_path / name
+    save_checkpoint(state, path)
+    return str(path)
+
+
+def assert_rest_equal(model: torch.nn.Module, sd: dict, skip=CLS) -> None:
+    for k, v in model.state_dict().items():
+        if k not in skip:
+            assert torch.equal(v, sd[k]), k
+
+
+def test_class_rows_are_copied_by_name_and_only_those(tmp_path):
+    old = ["person", "car", "dog"]
+    sd = trained_state(old)
+    path = save(tmp_path, sd, old)
+    new = ["Dog", "cat", "PERSON "]
+    model = tiny_model(new, seed=1)
+    fresh_w = model.head.gfl_cls.weight.detach().clone()
+
+    report = init_from_checkpoint(model, path, new)
+
+    w, b = model.head.gfl_cls.weight.detach(), model.head.gfl_cls.bias.detach()
+    w_old, b_old = sd["head.gfl_cls.weight"], sd["head.gfl_cls.bias"]
+    assert torch.equal(w[0], w_old[2]) and torch.equal(b[0], b_old[2])  # Dog <- dog
+    assert torch.equal(w[2], w_old[0]) and torch.equal(b[2], b_old[0])  # PERSON <- person
+    assert torch.equal(w[1], fresh_w[1])  # cat: untouched fresh init
+    assert b[1].item() == torch.tensor(PRIOR, dtype=torch.float32).item()
+    assert_rest_equal(model, sd)
+    assert report["kind"] == "gfldet" and report["weights"] == "model"
+    assert report["matched_classes"] == [("Dog", "dog", 0, 2), ("PERSON ", "person", 2, 0)]
+    assert report["reinitialised"] == list(CLS)
+    assert len(report["loaded"]) == report["total"] - 2 and report["skipped"] == []
+    text = format_report(report)  # the invisible space is shown
+    assert "'PERSON ' (2) <- person (0)" in text and "person -> 'PERSON '" in text
+
+
+def test_same_classes_load_the_whole_class_conv(tmp_path):
+    classes = ["person", "car", "dog"]
+    sd = trained_state(classes)
+    model = tiny_model(classes, seed=1)
+    report = init_from_checkpoint(model, save(tmp_path, sd, classes), classes)
+    assert_rest_equal(model, sd, skip=())
+    assert report["reinitialised"] == [] and report["skipped"] == []
+    assert "head.gfl_cls loaded (the same 3 classes)" in format_report(report)
+
+
+@pytest.mark.parametrize("new", [["dog", "person"], ["person", "car", "dog"]])
+def test_other_head_width_skips_the_class_conv_and_loads_the_rest(tmp_path, new):
+    # Names match (the second: the same list), but each row filters 32 other features.
+    old = ["person", "car", "dog"]
+    sd = trained_state(old, feat=32)
+    model = tiny_model(new, seed=1)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    report = init_from_checkpoint(model, save(tmp_path, sd, old), new)
+
+    after = model.state_dict()
+    for k in after:
+        if k.startswith(("backbone.", "neck.")):
+            assert torch.equal(after[k], sd[k]), k
+    for k in CLS:
+        assert torch.equal(after[k], fresh[k]), k
+    assert report["matched_classes"] == []
+    assert set(CLS) <= set(report["skipped"]) and set(CLS) <= set(report["reinitialised"])
+    assert "head.cls_convs.0.conv.weight" in report["reinitialised"]
+    text = format_report(report)
+    assert "input width 32 -> 16: nothing copied" in text
+    assert (
+        f"head.gfl_cls not copied: the checkpoint's is [3, 32, 3, 3], the model's [{len(new)}, 16"
+        in text
+    )
+
+
+def test_ema_weights_are_preferred(tmp_path):
+    classes = ["a", "b"]
+    raw, ema = trained_state(classes, seed=0), trained_state(classes, seed=1)
+    model = tiny_model(classes, seed=2)
+    report = init_from_checkpoint(model, save(tmp_path, raw, classes, ema=ema), classes)
+    assert_rest_equal(model, ema, skip=())
+    assert report["weights"] == "ema"
+    assert "(gfldet checkpoint, ema weights)" in format_report(report)
+
+
+def test_legacy_fpn_names_are_read_as_neck(tmp_path):
+    classes = ["a", "b"]
+    sd = trained_state(classes)
+    legacy = {("fpn." + k[5:] if k.startswith("neck.") else k): v for k, v in sd.items()}
+    assert any(k.startswith("fpn.") for k in legacy)
+    model = tiny_model(classes, seed=1)
+    report = init_from_checkpoint(model, save(tmp_path, legacy, classes), classes)
+    assert_rest_equal(model, sd, skip=())
+    assert report["skipped"] == []
+
+
+def test_mmdetection_coco_checkpoint_maps_person(tmp_path):
+    mm = mmdet_gfl_state(18, 8, 16, 16, 1, 80, fill=torch.randn)
+    path = tmp_path / "gfl_mmdet.pth"
+    torch.save({"meta": {"CLASSES": COCO_CLASSES}, "state_dict": mm}, path)
+    new = ["cat", "Person", "hedgehog"]
+    model = tiny_model(new, seed=1)
+    fresh_w = model.head.gfl_cls.weight.detach().clone()
+
+    report = init_from_checkpoint(model, path, new)
+
+    assert report["kind"] == "mmdetection"
+    assert report["matched_classes"] == [("cat", "cat", 0, 15), ("Person", "person", 1, 0)]
+    w, b = model.head.gfl_cls.weight.detach(), model.head.gfl_cls.bias.detach()
+    assert torch.equal(w[1], mm["bbox_head.gfl_cls.weight"][0])
+    assert torch.equal(b[1], mm["bbox_head.gfl_cls.bias"][0])
+    assert torch.equal(w[0], mm["bbox_head.gfl_cls.weight"][15])
+    assert torch.equal(w[2], fresh_w[2]) and b[2].item() == pytest.approx(PRIOR)
+    sd = model.state_dict()
+    assert torch.equal(sd["backbone.layer1.0.bn1.running_var"],
+                       mm["backbone.layer1.0.bn1.running_var"])  # fmt: skip
+    assert torch.equal(sd["neck.fpn_convs.4.weight"], mm["neck.fpn_convs.4.conv.weight"])
+    assert torch.equal(sd["head.cls_convs.0.gn.weight"], mm["bbox_head.cls_convs.0.gn.weight"])
+    assert report["reinitialised"] == list(CLS)
+    text = format_report(report)
+    assert "80 -> 3 classes, 2 matched by name: cat -> cat, person -> Person" in text
+
+
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_mmdetection_checkpoint_without_class_names_matches_none(tmp_path, wrapped):
+    mm = mmdet_gfl_state(18, 8, 16, 16, 1, 3, fill=torch.randn)
+    path = tmp_path / "gfl_mmdet_3.pth"
+    torch.save({"state_dict": mm} if wrapped else mm, path)  # no meta: 3 classes, not COCO's
+    new = ["person", "car", "dog"]
+    model = tiny_model(new, seed=1)
+    fresh = {k: model.state_dict()[k].clone() for k in CLS}
+    report = init_from_checkpoint(model, path, new)
+    assert report["kind"] == "mmdetection"
+    assert report["checkpoint_classes"] is None and report["matched_classes"] == []
+    for k in CLS:
+        assert torch.equal(model.state_dict()[k], fresh[k])
+    assert len(report["loaded"]) == report["total"] - 2
+    text = format_report(report)
+    assert "no CLASSES in the checkpoint's meta" in text
+    assert "no class names in the checkpoint: nothing copied" in text
+
+
+def test_mmdetection_checkpoint_with_its_own_classes(tmp_path):
+    mm = mmdet_gfl_state(18, 8, 16, 16, 1, 3, fill=torch.randn)
+    path = tmp_path / "gfl_mmdet_fruit.pth"
+    torch.save({"meta": {"CLASSES": ("kiwi", "fig", "plum")}, "state_dict": mm}, path)
+    model = tiny_model(["Plum", "apple"], seed=1)
+    report = init_from_checkpoint(model, path, ["Plum", "apple"])
+    assert report["matched_classes"] == [("Plum", "plum", 0, 2)]
+    assert torch.equal(model.head.gfl_cls.weight.detach()[0], mm["bbox_head.gfl_cls.weight"][2])
+
+
+def test_wrong_architecture_and_not_a_checkpoint_are_clear_errors(tmp_path):
+    other = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    path = save(tmp_path, other.state_dict(), ["a", "b"], "mlp.pth")
+    model = tiny_model(["a", "b"], seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="another architecture") as e:
+        init_from_checkpoint(model, path, ["a", "b"])
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: ") and "\n" not in msg
+    assert "backbone.conv1.weight [8, 3, 7, 7]" in msg and "0.weight [3, 4]" in msg
+    assert_rest_equal(model, before, skip=())  # untouched
+
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    with pytest.raises(ValueError, match=r"notes\.txt: not a checkpoint"):
+        init_from_checkpoint(model, text, ["a", "b"])
+    junk = tmp_path / "junk.pth"
+    torch.save({"epoch": 3}, junk)
+    with pytest.raises(ValueError, match="not a gfldet or MMDetection GFL checkpoint"):
+        init_from_checkpoint(model, junk, ["a", "b"])
+
+
+def test_format_report_counts_and_matched_classes(tmp_path):
+    old = ["person", "car", "dog", "bus"]
+    sd = trained_state(old)
+    path = save(tmp_path, sd, old)
+    new = ["Person", "bike"]
+    model = tiny_model(new, seed=1)
+    report = init_from_checkpoint(model, path, new)
+    text = format_report(report)
+    n = report["total"]
+    lines = text.splitlines()
+    assert lines[0] == f"init_from {path} (gfldet checkpoint, model weights)"
+    assert lines[1].startswith(f"  loaded          {n - 2} of {n} model tensors: backbone.")
+    assert lines[2] == (
+        f"  re-initialised    2 of {n} model tensors: head.gfl_cls.weight [2, 16, 3, 3] vs "
+        "checkpoint [4, 16, 3, 3], head.gfl_cls.bias [2] vs checkpoint [4]"
+    )
+    assert lines[3] == f"  unused            0 of {n} checkpoint tensors"
+    assert "4 -> 2, 1 matched by name" in text
+    assert "Person (0) <- person (0)" in text
+    assert lines[-1] == (
+        f"loaded {n - 2} of {n} tensors; re-initialised head.gfl_cls "
+        "(4 -> 2 classes, 1 matched by name: person -> Person)"
+    )
+
+
+def test_match_classes_normalises_names():
+    assert match_classes(["Person", "car"], [" person", "CAR", "bus"]) == [
+        (" person", "Person", 0, 0),
+        ("CAR", "car", 1, 1),
+    ]
+    assert match_classes(["a", "A"], ["a"]) == [("a", "a", 0, 0)]  # the first of duplicates
+
+
+def test_mmdetection_conversion_errors_name_the_file(tmp_path):
+    mm = mmdet_gfl_state(18, 8, 16, 16, 1, 80, fill=torch.randn)
+    mm["backbone.layer2.0.conv2.conv_offset.weight"] = torch.zeros(18, 8, 3, 3)  # DCN
+    path = tmp_path / "gfl_dcn.pth"
+    torch.save({"state_dict": mm}, path)
+    with pytest.raises(
+        ValueError, match="^" + re.escape(f"{path}: 1 keys have no gfldet counterpart")
+    ):
+        init_from_checkpoint(tiny_model(["a"], seed=1), path, ["a"])
+
+
+def test_finetune_demo_script_quick(tmp_path, capsys):
+    """scripts/finetune_demo.py (the docs' fine-tuning figures) at smoke size: the three runs,
+    the same iterations for both B runs, and "circle" carried over by name."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "finetune_demo.py"
+    spec = importlib.util.spec_from_file_location("finetune_demo", path)
+    demo = importlib.util.module_from_spec(spec)
+    sys.modules["finetune_demo"] = demo
+    spec.loader.exec_module(demo)
+    out = tmp_path / "ft.json"
+    assert demo.main(["--quick", "--work-dir", str(tmp_path / "ft"), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    runs = res["runs"]
+    assert set(runs) == {"A from scratch", "B from scratch", "B fine-tuned from A"}
+    assert runs["B from scratch"]["iterations"] == runs["B fine-tuned from A"]["iterations"] > 0
+    assert runs["B fine-tuned from A"]["init_from"].endswith("latest.pth")
+    assert all(0 <= r["AP"] <= 1 for r in runs.values() if r["AP"] == r["AP"])
+    log = (tmp_path / "ft" / "b_finetune" / "train.log").read_text()
+    assert "circle (3) <- circle (0)" in log
+    capsys.readouterr()

@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.gfldet-dev-installed
 DEMO_CFG := configs/shapes_demo.yaml
 DEMO_DIR := work_dirs/shapes_demo
 
-.PHONY: setup demo test lint bench bench-converge clean
+.PHONY: setup demo test lint bench bench-converge bench-gpu clean
 
 setup: $(DEV_STAMP)
 
@@ -45,6 +45,11 @@ bench: $(STAMP)
 bench-converge: $(STAMP)
 	$(BIN)/python scripts/bench_converge.py --out bench_converge.json
 	$(BIN)/python scripts/bench_converge.py --peer ssdlite --out bench_converge_lite.json
+
+# The CUDA paths (fp16, NCCL, pinned memory, EMA, SyncBN) checked and timed in ~5 minutes on
+# one GPU; exits 2 without one (`scripts/bench_gpu.py --cpu-smoke` runs every section on the CPU).
+bench-gpu: $(STAMP)
+	$(BIN)/python scripts/bench_gpu.py --out bench_gpu.json
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check gfldet tests scripts

@@ -34,11 +34,23 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launched_by_torchrun() -> bool:
+    """True in a process that torchrun (or a launcher setting its variables) started, even with
+    one process: `torchrun --nproc_per_node=1` then runs the same DDP code path as with 8."""
+    env = os.environ
+    return int(env.get("WORLD_SIZE", "1")) > 1 or all(
+        k in env for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    )
+
+
 def init_distributed(device: torch.device) -> None:
-    """Joins the process group when launched by torchrun (WORLD_SIZE > 1): NCCL for CUDA
-    devices, gloo for the CPU. Rendezvous details come from torchrun's environment."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    """Joins the process group when launched by torchrun: NCCL for CUDA devices, gloo for the
+    CPU. Rendezvous details come from torchrun's environment."""
+    if launched_by_torchrun() and not is_distributed():
+        if device.type == "cuda":  # the rank's own GPU, so that NCCL need not guess it
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
 
 
 def reduce_mean(x: torch.Tensor) -> torch.Tensor:

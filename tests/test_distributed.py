@@ -152,3 +152,29 @@ def test_two_processes_match_one(tmp_path):
     assert "SyncBatchNorm needs CUDA" in proc.stdout + proc.stderr
     assert sorted(p.name for p in run.glob("*.pth")) == ["epoch_1.pth", "epoch_2.pth",
                                                           "latest.pth"]  # fmt: skip
+
+
+def test_torchrun_with_one_process_joins_a_process_group(monkeypatch):
+    """`torchrun --nproc_per_node=1` sets WORLD_SIZE=1: the run must still take the
+    distributed path (process group, DDP), which is what a single-GPU torchrun check exercises."""
+    import socket
+
+    import torch.distributed as dist
+
+    from gfldet import dist as gdist
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert not gdist.is_distributed()
+    gdist.init_distributed(torch.device("cpu"))
+    try:
+        assert gdist.is_distributed() and gdist.world_size() == 1 and gdist.rank() == 0
+        assert gdist.reduce_sum([1.0, 2.0], torch.device("cpu")) == [1.0, 2.0]
+    finally:
+        dist.destroy_process_group()
+    assert not gdist.is_distributed()

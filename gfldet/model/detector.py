@@ -295,7 +295,8 @@ def pad_targets(targets: list[dict], device: torch.device) -> tuple[Tensor, Tens
     valid = torch.zeros(len(targets), g, dtype=torch.bool, device=device)
     for i, t in enumerate(targets):
         n = len(t["labels"])
-        boxes[i, :n] = t["boxes"].to(device)
-        labels[i, :n] = t["labels"].to(device)
+        # Asynchronous from the loader's pinned memory (a plain copy when it is not pinned).
+        boxes[i, :n] = t["boxes"].to(device, non_blocking=True)
+        labels[i, :n] = t["labels"].to(device, non_blocking=True)
         valid[i, :n] = True
     return boxes, labels, valid

@@ -46,7 +46,7 @@ bench-converge: $(STAMP)
 	$(BIN)/python scripts/bench_converge.py --out bench_converge.json
 	$(BIN)/python scripts/bench_converge.py --peer ssdlite --out bench_converge_lite.json
 
-# The CUDA paths (fp16, NCCL, pinned memory, EMA, SyncBN) checked and timed in ~5 minutes on
+# The CUDA paths (fp16, NCCL, pinned memory, EMA, SyncBN) checked and timed, sized for ~5 minutes on
 # one GPU; exits 2 without one (`scripts/bench_gpu.py --cpu-smoke` runs every section on the CPU).
 bench-gpu: $(STAMP)
 	$(BIN)/python scripts/bench_gpu.py --out bench_gpu.json

@@ -1,6 +1,6 @@
 """gfldet's CUDA paths, checked and timed in one command for the few minutes a GPU is lent.
 
-    python scripts/bench_gpu.py --out bench_gpu.json              # `make bench-gpu`, ~5 min
+    python scripts/bench_gpu.py --out bench_gpu.json              # `make bench-gpu`
     python scripts/bench_gpu.py --only infer train --out g.json   # some of the sections
     python scripts/bench_gpu.py --cpu-smoke --out /tmp/g.json     # every section, tiny, CPU
 

@@ -34,7 +34,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from .data.loader import build_dataloader, build_dataset
-    from .dist import init_distributed, rank, world_size
+    from .dist import init_distributed, rank, shutdown, world_size
     from .engine.evaluator import evaluate, format_metrics
     from .engine.predictor import load_trained_model
     from .engine.runtime import resolve_device, setup_logging
@@ -69,6 +69,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     if rank() == 0:
         print(f"{format_metrics(metrics)}\nwrote {out_dir / 'metrics.json'}, per_class.csv, "
               "calibration.png and pr_curves_*.png")  # fmt: skip
+    shutdown()
     return 0
 
 
@@ -232,7 +233,7 @@ def _cmd_convert(a: argparse.Namespace) -> int:
         if not a.img_dir:
             raise ValueError(f"--to {a.dst_format} needs --img-dir, where the images are")
         write = write_voc if a.dst_format == "voc" else write_yolo
-        out = write(data, a.img_dir, out, a.split)
+        out = write(data, a.img_dir, out, a.split, source=a.src)
     print(f"{a.src} ({a.src_format}): {len(data['images'])} images, "
           f"{len(data['annotations'])} annotations, {len(data['categories'])} classes -> "
           f"{out} ({a.dst_format})")  # fmt: skip

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """Replace NaN/inf floats by None so the file is strict JSON (readable by any parser)."""
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -50,7 +50,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
 def write_json_atomic(obj: Any, path: str | Path, indent: int | None = None) -> None:
     """Write JSON atomically (see atomic_open); NaN/inf become null (strict JSON)."""
     with atomic_open(path) as f:
-        json.dump(_json_safe(obj), f, indent=indent)
+        json.dump(json_safe(obj), f, indent=indent)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -94,7 +94,7 @@ from bench import (  # noqa: E402
 )
 
 from gfldet.config import load_config  # noqa: E402
-from gfldet.data.synth import write_shapes_dataset  # noqa: E402
+from gfldet.data.synth import shapes_paths, write_shapes_dataset  # noqa: E402
 from gfldet.data.transforms import collate_batch  # noqa: E402
 from gfldet.engine.checkpoint import load_checkpoint  # noqa: E402
 from gfldet.engine.optim import build_optimizer  # noqa: E402
@@ -585,7 +585,7 @@ def bench_demo(sz: Sizes, device: torch.device, res: dict, tmp: Path, data: Path
     if sz.demo_data is not None:
         data = tmp / "shapes"
         write_shapes_dataset(data, **sz.demo_data)
-    elif not (data / "annotations" / "train.json").is_file():
+    elif not shapes_paths(data)["train_ann"].is_file():
         print(f"  generating the shapes dataset in {data} ...", flush=True)
         write_shapes_dataset(data, workers=max(1, min(8, os.cpu_count() or 1)))
     sets = [f"device={device.type}", "train.amp=true", f"work_dir={tmp / 'demo'}", *sz.demo_set]

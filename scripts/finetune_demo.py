@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from gfldet.config import load_config
-from gfldet.data.synth import CLASSES, write_shapes_dataset
+from gfldet.data.synth import CLASSES, shapes_paths, write_shapes_dataset
 from gfldet.engine.checkpoint import load_checkpoint
 from gfldet.engine.trainer import train
 from gfldet.files import write_json_atomic
@@ -69,12 +69,7 @@ QUICK_DATA = {"num_train": 16, "num_val": 6, "img_size": 64, "max_size": 40, "ma
 def ensure_dataset(data: Path, quick: bool) -> dict[str, Path]:
     """The shapes dataset at `data`: used as it is when its annotation files exist, otherwise
     generated (the full demo set, or a tiny one with --quick)."""
-    paths = {
-        "train_ann": data / "annotations" / "train.json",
-        "train_img_dir": data / "train" / "images",
-        "val_ann": data / "annotations" / "val.json",
-        "val_img_dir": data / "val" / "images",
-    }
+    paths = shapes_paths(data)
     if paths["train_ann"].is_file() and paths["val_ann"].is_file():
         return paths
     print(f"generating the shapes dataset in {data}", flush=True)

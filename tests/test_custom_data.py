@@ -189,6 +189,52 @@ def test_data_check_finds_every_problem_and_passes_clean_data(shapes, tmp_path, 
     assert rc == 1 and "q.xml" in out and "not valid XML" in out
 
 
+@pytest.mark.parametrize("skip", ["false", "true"])
+def test_data_check_reports_a_missing_image_once(tmp_path, capsys, skip):
+    # Found missing by the build, then again when every image is decoded: one line, not two.
+    write_image(tmp_path / "a.jpg")
+    images = [{"id": i, "file_name": n, "width": 40, "height": 30}
+              for i, n in ((1, "a.jpg"), (2, "gone.jpg"))]  # fmt: skip
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [2, 2, 20, 20], "area": 400,
+             "iscrowd": 0} for i in (1, 2)]  # fmt: skip
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": images, "annotations": anns,
+                               "categories": [{"id": 1, "name": "x"}]}))  # fmt: skip
+    sets = [f"data.{split}.{key}={value}" for split in ("train", "val")
+            for key, value in (("ann_file", ann), ("img_dir", tmp_path))]  # fmt: skip
+    rc, out = check([*sets, f"data.skip_bad_images={skip}"], capsys)
+    assert rc == (1 if skip == "false" else 0)
+    lines = [line for line in out.splitlines() if "gone.jpg" in line]
+    kind = "error" if skip == "false" else "skipped"
+    assert lines == [f"  {kind}: image file not found: {tmp_path / 'gone.jpg'}"] * 2  # per split
+
+
+BAD_COCO = {
+    "unknown category": ({"category_id": 7}, {}, "annotation 1 references unknown category_id 7"),
+    "width 0": ({}, {"width": 0}, "image 1 has an invalid size: width 0, height 30"),
+}
+
+
+@pytest.mark.parametrize("to", ["voc", "yolo"])
+@pytest.mark.parametrize("case", list(BAD_COCO))
+def test_convert_from_coco_refuses_what_the_loader_refuses(tmp_path, capsys, case, to):
+    ann_patch, img_patch, message = BAD_COCO[case]
+    write_image(tmp_path / "a.jpg")
+    image = {"id": 1, "file_name": "a.jpg", "width": 40, "height": 30, **img_patch}
+    ann = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 20, 20], "area": 400,
+           "iscrowd": 0, **ann_patch}  # fmt: skip
+    src = tmp_path / "bad.json"
+    src.write_text(json.dumps({"images": [image], "annotations": [ann],
+                               "categories": [{"id": 1, "name": "x"}]}))  # fmt: skip
+    out = tmp_path / "out"
+    assert main(["data", "convert", "--from", "coco", "--to", to, str(src), str(out),
+                 "--img-dir", str(tmp_path)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert message in err and str(src) in err  # names the file
+    assert len(err.strip().splitlines()) == 1  # one line, no traceback
+    assert not out.exists()  # refused before anything is written
+
+
 def test_infer_on_a_video(shapes, tmp_path, capsys):
     work = tmp_path / "w"
     sets = [*TINY, f"data.train.ann_file={shapes['train_ann']}",

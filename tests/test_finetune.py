@@ -22,13 +22,15 @@ PRIOR = -math.log((1 - 0.01) / 0.01)  # gfl_cls bias at model.head.prior_prob 0.
 CLS = ("head.gfl_cls.weight", "head.gfl_cls.bias")
 
 
-def tiny_model(classes: list[str], seed: int, feat: int = 16) -> torch.nn.Module:
+def tiny_model(
+    classes: list[str], seed: int, feat: int = 16, bin_width: float = 1.0
+) -> torch.nn.Module:
     cfg = copy.deepcopy(DEFAULTS)
     m = cfg["model"]
     m["num_classes"] = len(classes)
     m["backbone"].update(depth=18, base_width=8, frozen_stages=-1, norm_eval=False)
     m["neck"]["out_channels"] = 16
-    m["head"].update(feat_channels=feat, stacked_convs=1, num_groups=4)
+    m["head"].update(feat_channels=feat, stacked_convs=1, num_groups=4, bin_width=bin_width)
     torch.manual_seed(seed)
     return build_model(cfg)
 
@@ -267,6 +269,47 @@ def test_mmdetection_conversion_errors_name_the_file(tmp_path):
         init_from_checkpoint(tiny_model(["a"], seed=1), path, ["a"])
 
 
+def test_mmdetection_caffe_resnet_and_bad_bins_are_refused_as_convert_mmdet_does(tmp_path):
+    # The checks of `gfldet convert-mmdet` hold for init_from too: weights that would load but
+    # compute something else are refused, naming the file; the model stays untouched.
+    mm = mmdet_gfl_state(18, 8, 16, 16, 1, 80, fill=torch.randn)
+    caffe = tmp_path / "gfl_caffe.pth"
+    torch.save({"meta": {"config": "model = dict(backbone=dict(style='caffe'))"},
+                "state_dict": mm}, caffe)  # fmt: skip
+    model = tiny_model(["a"], seed=1)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="^" + re.escape(f"{caffe}: its ResNet is 'caffe'")):
+        init_from_checkpoint(model, caffe, ["a"])
+    bad = tmp_path / "gfl_bad_bins.pth"
+    project = "bbox_head.integral.project"
+    torch.save({"state_dict": {**mm, project: torch.tensor([0.0, 1.0, 3.0])}}, bad)
+    with pytest.raises(ValueError, match="^" + re.escape(f"{bad}: {project} is not the bins")):
+        init_from_checkpoint(model, bad, ["a"])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("kind", ["gfldet", "mmdetection"])
+def test_other_bin_width_is_refused(tmp_path, kind):
+    # Same shapes, other bins: every edge would decode to another distance.
+    model = tiny_model(["a"], seed=1)
+    if kind == "gfldet":
+        cfg = copy.deepcopy(DEFAULTS)
+        cfg["model"]["head"]["bin_width"] = 0.5
+        path = save(tmp_path, trained_state(["a"]), ["a"], config=cfg)
+    else:
+        mm = mmdet_gfl_state(18, 8, 16, 16, 1, 80, fill=torch.randn)
+        n = model.head.box.reg_max
+        path = tmp_path / "gfl_half_bins.pth"
+        torch.save({"state_dict": {**mm, "bbox_head.integral.project": torch.arange(n + 1) * 0.5}},
+                   path)  # fmt: skip
+    with pytest.raises(ValueError, match="bins of width 0.5, the model's 1: set "
+                       "model.head.bin_width: 0.5"):  # fmt: skip
+        init_from_checkpoint(model, path, ["a"])
+    # The same file loads into a model with those bins.
+    report = init_from_checkpoint(tiny_model(["a"], seed=1, bin_width=0.5), path, ["a"])
+    assert len(report["loaded"]) > report["total"] / 2
+
+
 def test_finetune_demo_script_quick(tmp_path, capsys):
     """scripts/finetune_demo.py (the docs' fine-tuning figures) at smoke size: the three runs,
     the same iterations for both B runs, and "circle" carried over by name."""
@@ -287,7 +330,7 @@ def test_finetune_demo_script_quick(tmp_path, capsys):
     assert set(runs) == {"A from scratch", "B from scratch", "B fine-tuned from A"}
     assert runs["B from scratch"]["iterations"] == runs["B fine-tuned from A"]["iterations"] > 0
     assert runs["B fine-tuned from A"]["init_from"].endswith("latest.pth")
-    assert all(0 <= r["AP"] <= 1 for r in runs.values() if r["AP"] == r["AP"])
+    assert all(0 <= r["AP"] <= 1 for r in runs.values())  # (a NaN AP fails too)
     log = (tmp_path / "ft" / "b_finetune" / "train.log").read_text()
     assert "circle (3) <- circle (0)" in log
     capsys.readouterr()

@@ -14,7 +14,7 @@ from test_interop import mmdet_gfl_state
 import gfldet
 from gfldet.cli import main
 from gfldet.config import DEFAULTS, load_config
-from gfldet.engine.checkpoint import load_model_weights
+from gfldet.engine.checkpoint import load_checkpoint, load_model_weights
 from gfldet.interop.mmdet import COCO_CLASSES, convert_state
 from gfldet.model.build import build_model
 from gfldet.model.fuse import prepare_for_inference
@@ -48,6 +48,14 @@ def test_gflv2_r50_has_1409_parameters_more_than_gfl():
     assert sum(p.numel() for p in model.parameters()) == GFL_PARAMS + 1409 == 32_441_946
     assert tuple(model.head.reg_conf[0].weight.shape) == (64, 20, 1, 1)
     assert model.head.gfl_quality is None
+
+
+def test_the_gflv2_ablation_configs_are_all_there():
+    # The parametrized test below runs over whatever the glob finds: an empty or short glob
+    # would skip or shrink it silently.
+    topk = {f"v2_topk_{k}{s}" for k in (1, 2, 3, 4, 8) for s in ("", "_no_mean")}
+    channels = {f"v2_channels_{c}" for c in (16, 32, 64, 128)}
+    assert [p.stem for p in V2_ABLATIONS] == sorted(topk | channels)
 
 
 @pytest.mark.parametrize("path", V2_ABLATIONS, ids=[p.stem for p in V2_ABLATIONS])
@@ -168,11 +176,18 @@ def test_gflv2_trains_evaluates_infers_and_exports(shapes, tmp_path, capsys):
     metrics = json.loads((work / "metrics.json").read_text())
     assert "pearson" in metrics["quality"]
     ckpt = str(work / "latest.pth")
+    # The checkpoint holds a trained DGQP: its quality predictor, and no centerness branch.
+    weights = load_checkpoint(ckpt)["model"]
+    assert {k for k in weights if k.startswith("head.reg_conf.")} == {
+        f"head.reg_conf.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")
+    }
+    assert not any(k.startswith("head.gfl_quality") for k in weights)
     out = tmp_path / "infer"
     assert main(["infer", "--config", demo, "--checkpoint", ckpt, str(shapes["val_img_dir"]),
                  "--out-dir", str(out), "--score-thr", "0", "--set", *sets]) == 0  # fmt: skip
     preds = json.loads((out / "predictions.json").read_text())
-    assert len(preds) == 3 and all("edge_std" in d for p in preds for d in p["detections"])
+    detections = [d for p in preds for d in p["detections"]]
+    assert len(preds) == 3 and detections and all("edge_std" in d for d in detections)
     for nms in ([], ["--nms"]):
         assert main(["export", "--config", demo, "--checkpoint", ckpt, "--out",
                      str(tmp_path / "m.onnx"), *nms, "--set", *sets]) == 0  # fmt: skip

@@ -810,5 +810,7 @@ def test_fpn_gradients_are_finite_under_cpu_bfloat16_on_one_pixel_wide_maps(one_
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outs = fpn(feats)
         assert [o.shape[-1] for o in outs] == [8, 4, 2, 1, 1]
+        # The wide maps stay in bfloat16; the one-pixel P7 comes from the float32 fallback.
+        assert outs[0].dtype == torch.bfloat16 and outs[4].dtype == torch.float32
         sum(o.float().sum() for o in outs).backward()
         assert all(torch.isfinite(p.grad).all() for p in fpn.parameters())

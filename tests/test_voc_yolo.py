@@ -454,3 +454,69 @@ def test_writers_refuse_what_they_cannot_hold(shapes, tmp_path, gfldet_log):
     assert any("left out 1 box(es) narrower or lower than 1 pixel" in r.getMessage()
                for r in gfldet_log.records)  # fmt: skip
     assert len(read_voc(list_file)["annotations"]) == len(coco["annotations"])
+
+
+@pytest.mark.parametrize("write", [write_voc, write_yolo])
+def test_writers_check_their_input_as_the_coco_loader_does(shapes, tmp_path, write):
+    coco = json.loads(Path(shapes["val_ann"]).read_text())
+    src = tmp_path / "in.json"
+    first = coco["annotations"][0]["id"]
+    unknown = copy.deepcopy(coco)
+    unknown["annotations"][0]["category_id"] = 99
+    with pytest.raises(ValueError) as e:
+        write(unknown, shapes["val_img_dir"], tmp_path / "out", source=src)
+    assert str(e.value) == f"{src}: annotation {first} references unknown category_id 99"
+    no_width = copy.deepcopy(coco)
+    no_width["images"][0]["width"] = 0
+    img = no_width["images"][0]["id"]
+    with pytest.raises(ValueError, match=rf"in\.json: image {img} has an invalid size: width 0,"):
+        write(no_width, shapes["val_img_dir"], tmp_path / "out", source=src)
+    assert not (tmp_path / "out").exists()  # checked before anything is written
+
+
+def test_index_files_are_replaced_whole(shapes, tmp_path):
+    """The VOC list and data.yaml are written to a temp file and renamed over the old one: a
+    reader (or a crash mid-write) never sees a half-written index, only the old or the new."""
+    coco = json.loads(Path(shapes["val_ann"]).read_text())
+    one = {**coco, "images": coco["images"][:1],
+           "annotations": [a for a in coco["annotations"]
+                           if a["image_id"] == coco["images"][0]["id"]]}  # fmt: skip
+    for write, split in ((write_voc, "val"), (write_yolo, "train")):
+        index = write(one, shapes["val_img_dir"], tmp_path / write.__name__, split)
+        old = index.read_text()
+        with open(index) as reader:  # opened before the rewrite, read after it
+            new_index = write(coco, shapes["val_img_dir"], tmp_path / write.__name__, "val")
+            assert new_index == index and reader.read() == old
+        assert index.read_text() != old
+        assert sorted(p.name for p in index.parent.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_voc_and_yolo_skip_bad_items_one_way():
+    """How a reader leaves out (or refuses) a bad item, and the hint it gives, is defined once
+    (gfldet.data.voc._Skipped) for both readers, not copied into each."""
+    from gfldet.data import voc, yolo
+
+    hint = "data.skip_bad_images: true leaves it out"
+    sources = [Path(m.__file__).read_text() for m in (voc, yolo)]
+    assert sum(s.count(hint) for s in sources) == 1
+    assert yolo._Skipped is voc._Skipped
+
+
+def test_yolo_parses_each_label_line_once(tmp_path, monkeypatch):
+    import gfldet.data.yolo as yolo
+
+    data_yaml = yolo_set(tmp_path / "ds", {"a.jpg": jpeg()},
+                         {"a.txt": "1 0.5 0.5 0.5 0.5\n\n2 0.25 0.75 0.1 0.2\n"})  # fmt: skip
+    parsed = []
+
+    class CountingFloat(float):  # what the module calls float() becomes this
+        def __new__(cls, x=0.0):
+            parsed.append(x)
+            return float(x)
+
+    monkeypatch.setattr(yolo, "float", CountingFloat, raising=False)
+    coco = read_yolo(data_yaml, tmp_path / "ds" / "images" / "train")
+    assert [a["bbox"] for a in coco["annotations"]] == [[10.0, 5.0, 20.0, 10.0],
+                                                        [8.0, 13.0, 4.0, 4.0]]  # fmt: skip
+    lines = ["1 0.5 0.5 0.5 0.5", "2 0.25 0.75 0.1 0.2"]
+    assert parsed == [tok for line in lines for tok in line.split()]  # each token once

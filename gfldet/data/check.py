@@ -60,9 +60,14 @@ def _read_images(dataset: CocoDetection, workers: int, name: str) -> list[str]:
             return str(e)
         return None
 
+    # A missing file was reported by the build already (build_dataset's missing_images check,
+    # one line each): reading it would report it a second time.
+    missing = set(dataset.missing_images())
+    ids = [i for i in dataset.img_ids
+           if dataset.img_dir / dataset.coco.imgs[i]["file_name"] not in missing]  # fmt: skip
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        found = pool.map(read, dataset.img_ids)
-        bar = tqdm(found, total=len(dataset), desc=f"reading {name} images", leave=False)
+        found = pool.map(read, ids)
+        bar = tqdm(found, total=len(ids), desc=f"reading {name} images", leave=False)
         return [p for p in bar if p is not None]
 
 
@@ -71,8 +76,9 @@ def check_data(cfg: dict, read_images: bool = True, workers: int = 2) -> dict:
 
     First with the config's `data.skip_bad_images`: a problem that stops training is an error.
     When that fails, again with skipping on, so that the problems after the first are found
-    too. Then (read_images) every image is decoded. Returns {"ok": bool, "splits": {name:
-    {"format", "ann_file", "images", "objects", "classes", "errors": [...], "skipped": [...]}}};
+    too (all errors, each listed once). Then (read_images) every image is decoded. Returns
+    {"ok": bool, "splits": {name: {"format", "ann_file", "images", "objects", "classes",
+    "errors": [...], "skipped": [...]}}};
     `ok` is False when training or evaluation would stop on something.
     """
     d = cfg["data"]
@@ -84,7 +90,10 @@ def check_data(cfg: dict, read_images: bool = True, workers: int = 2) -> dict:
         dataset, warnings, error = _build(split, train, skip, classes)
         errors = [error] if error else []
         if dataset is None and not skip:  # look past the first problem
-            dataset, warnings, error = _build(split, train, True, classes)
+            dataset, problems, error = _build(split, train, True, classes)
+            # Without skipping, each of these stops training: they are the errors, one line
+            # each. The first error was one of them (or their summary): not listed again.
+            errors, warnings = problems or errors, []
             if error and error not in errors:
                 errors.append(error)
         entry: dict[str, Any] = {

@@ -38,6 +38,8 @@ Transform = Callable[
 # Largest image (width * height) we decode: OpenCV's own default limit
 # (OPENCV_IO_MAX_IMAGE_PIXELS). Over it, cv2 returns nothing; we say why instead.
 MAX_IMAGE_PIXELS = 1 << 30
+# Files taken as images where a folder is read (infer inputs, YOLO image folders).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
 
 class BadImageError(ValueError):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
 import threading
-import logging
 from functools import partial
 from pathlib import Path
 

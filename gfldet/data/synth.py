@@ -78,13 +78,28 @@ def _unit_polygon(name: str, rng: np.random.Generator) -> np.ndarray:
         return np.stack([r * np.cos(t), r * np.sin(t)], 1)
     if name == "cross":
         w = rng.uniform(0.22, 0.38)  # arm half-width
-        return np.array([[-w, -1], [w, -1], [w, -w], [1, -w], [1, w], [w, w], [w, 1], [-w, 1],
-                         [-w, w], [-1, w], [-1, -w], [-w, -w]])
+        return np.array(
+            [
+                [-w, -1],
+                [w, -1],
+                [w, -w],
+                [1, -w],
+                [1, w],
+                [w, w],
+                [w, 1],
+                [-w, 1],
+                [-w, w],
+                [-1, w],
+                [-1, -w],
+                [-w, -w],
+            ]
+        )
     raise ValueError(f"unknown shape {name!r}")
 
 
-def _shape_mask(name: str, rng: np.random.Generator, img_size: int, min_size: int,
-                max_size: int) -> tuple[np.ndarray, tuple[slice, slice], str]:
+def _shape_mask(
+    name: str, rng: np.random.Generator, img_size: int, min_size: int, max_size: int
+) -> tuple[np.ndarray, tuple[slice, slice], str]:
     """Sample rotation, size, position and fill style of one shape.
 
     Returns (bool mask of the shape's bounding crop, (rows, cols) slices of that crop, style).
@@ -114,9 +129,16 @@ def _shape_mask(name: str, rng: np.random.Generator, img_size: int, min_size: in
     return mask.astype(bool), (slice(y0, y0 + h), slice(x0, x0 + w)), style
 
 
-def _place(rng: np.random.Generator, name: str, owner: np.ndarray, visible: list[int],
-           full_areas: list[int], img_size: int, min_size: int,
-           max_size: int) -> tuple[np.ndarray, tuple[slice, slice], str, np.ndarray] | None:
+def _place(
+    rng: np.random.Generator,
+    name: str,
+    owner: np.ndarray,
+    visible: list[int],
+    full_areas: list[int],
+    img_size: int,
+    min_size: int,
+    max_size: int,
+) -> tuple[np.ndarray, tuple[slice, slice], str, np.ndarray] | None:
     """Try up to PLACEMENT_TRIES random placements of shape ``name``; return the first one that
     leaves every earlier object at least MIN_VISIBLE visible as (mask, slices, style, pixels lost
     per earlier object), or None."""
@@ -129,8 +151,14 @@ def _place(rng: np.random.Generator, name: str, owner: np.ndarray, visible: list
     return None
 
 
-def _paint(rng: np.random.Generator, canvas: np.ndarray, under: np.ndarray, colours: list,
-           mask: np.ndarray, style: str) -> np.ndarray:
+def _paint(
+    rng: np.random.Generator,
+    canvas: np.ndarray,
+    under: np.ndarray,
+    colours: list,
+    mask: np.ndarray,
+    style: str,
+) -> np.ndarray:
     """Paint ``mask`` onto the ``canvas`` crop with a colour contrasting with what lies beneath
     (``under``: owner ids of the crop); return the colour."""
     ys, xs = np.nonzero(mask)
@@ -163,9 +191,15 @@ def _paint(rng: np.random.Generator, canvas: np.ndarray, under: np.ndarray, colo
     return colour
 
 
-def render_sample(seed: int, split_index: int, image_index: int, img_size: int = 256,
-                  min_size: int = 8, max_size: int = 160,
-                  max_objects: int = 8) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def render_sample(
+    seed: int,
+    split_index: int,
+    image_index: int,
+    img_size: int = 256,
+    min_size: int = 8,
+    max_size: int = 160,
+    max_objects: int = 8,
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Render one image deterministically.
 
     Returns ``(image, objects)``: an RGB uint8 (img_size, img_size, 3) image (before JPEG coding)
@@ -182,8 +216,9 @@ def render_sample(seed: int, split_index: int, image_index: int, img_size: int =
     colours: list[np.ndarray] = []
     for _ in range(n):
         cls = int(rng.integers(len(CLASSES)))
-        placed = _place(rng, CLASSES[cls], owner, visible, [o[2] for o in objs], img_size,
-                        min_size, max_size)
+        placed = _place(
+            rng, CLASSES[cls], owner, visible, [o[2] for o in objs], img_size, min_size, max_size
+        )
         if placed is None:
             continue
         mask, sl, style, lost = placed
@@ -206,24 +241,35 @@ def render_sample(seed: int, split_index: int, image_index: int, img_size: int =
         mask = np.zeros((img_size, img_size), bool)
         mask[sl] = owner[sl] == k
         x0, y0 = x0 + sl[1].start, y0 + sl[0].start
-        objects.append({"category_id": CATEGORY_IDS[cls],
-                        "bbox": [float(x0), float(y0), float(w), float(h)],
-                        "area": len(xs), "full_area": full_area, "mask": mask})
+        objects.append(
+            {
+                "category_id": CATEGORY_IDS[cls],
+                "bbox": [float(x0), float(y0), float(w), float(h)],
+                "area": len(xs),
+                "full_area": full_area,
+                "mask": mask,
+            }
+        )
     return img, objects
 
 
 def _write_image(task: tuple) -> list[dict[str, Any]]:
     """Pool worker: render image ``task`` and write it as JPEG; return its objects sans masks."""
     img_dir, split_index, index, seed, img_size, min_size, max_size, max_objects = task
-    img, objects = render_sample(seed, split_index, index, img_size, min_size, max_size,
-                                 max_objects)
-    cv2.imwrite(str(Path(img_dir) / f"{index:06d}.jpg"), np.ascontiguousarray(img[..., ::-1]),
-                [cv2.IMWRITE_JPEG_QUALITY, 95])  # RGB -> BGR for cv2
+    img, objects = render_sample(
+        seed, split_index, index, img_size, min_size, max_size, max_objects
+    )
+    cv2.imwrite(
+        str(Path(img_dir) / f"{index:06d}.jpg"),
+        np.ascontiguousarray(img[..., ::-1]),
+        [cv2.IMWRITE_JPEG_QUALITY, 95],
+    )  # RGB -> BGR for cv2
     return [{k: o[k] for k in ("category_id", "bbox", "area")} for o in objects]
 
 
-def _write_split(out_dir: Path, split_index: int, num_images: int, args: dict[str, int],
-                 pool: Any) -> None:
+def _write_split(
+    out_dir: Path, split_index: int, num_images: int, args: dict[str, int], pool: Any
+) -> None:
     """Write the images and the COCO annotation file of one split. Only files the generator
     writes are replaced or removed (images of a previous, larger generation); anything else in
     the folder stays."""
@@ -233,29 +279,59 @@ def _write_split(out_dir: Path, split_index: int, num_images: int, args: dict[st
     for p in img_dir.glob("*.jpg"):
         if _IMAGE_NAME.fullmatch(p.name) and int(p.stem) >= num_images:
             p.unlink()
-    tasks = [(str(img_dir), split_index, i, args["seed"], args["img_size"], args["min_size"],
-              args["max_size"], args["max_objects"]) for i in range(num_images)]
+    tasks = [
+        (
+            str(img_dir),
+            split_index,
+            i,
+            args["seed"],
+            args["img_size"],
+            args["min_size"],
+            args["max_size"],
+            args["max_objects"],
+        )
+        for i in range(num_images)
+    ]
     results = pool.imap(_write_image, tasks, chunksize=16) if pool else map(_write_image, tasks)
     images, annotations = [], []
     for i, objects in enumerate(results):
         image_id = IMAGE_ID_OFFSET + i
-        images.append({"id": image_id, "file_name": f"{i:06d}.jpg",
-                       "width": args["img_size"], "height": args["img_size"]})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": f"{i:06d}.jpg",
+                "width": args["img_size"],
+                "height": args["img_size"],
+            }
+        )
         for obj in objects:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **obj,
-                                "iscrowd": 0})
-    coco = {"info": {"description": f"gfldet synthetic shapes ({split})",
-                     "version": str(GENERATOR_VERSION)},
-            "licenses": [], "images": images, "annotations": annotations,
-            "categories": [{"id": c, "name": n, "supercategory": "shape"}
-                           for c, n in zip(CATEGORY_IDS, CLASSES)]}
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": image_id, **obj, "iscrowd": 0}
+            )
+    coco = {
+        "info": {
+            "description": f"gfldet synthetic shapes ({split})",
+            "version": str(GENERATOR_VERSION),
+        },
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [
+            {"id": c, "name": n, "supercategory": "shape"} for c, n in zip(CATEGORY_IDS, CLASSES)
+        ],
+    }
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
     (out_dir / "annotations" / f"{split}.json").write_text(json.dumps(coco, separators=(",", ":")))
 
 
-def _paths(out_dir: Path) -> dict[str, Path]:
-    return {**{f"{s}_ann": out_dir / "annotations" / f"{s}.json" for s in SPLITS},
-            **{f"{s}_img_dir": out_dir / s / "images" for s in SPLITS}}
+def shapes_paths(out_dir: str | Path) -> dict[str, Path]:
+    """Where a shapes dataset in `out_dir` keeps its files (whether written yet or not):
+    {"train_ann", "val_ann": COCO json files, "train_img_dir", "val_img_dir": image folders}."""
+    out_dir = Path(out_dir)
+    return {
+        **{f"{s}_ann": out_dir / "annotations" / f"{s}.json" for s in SPLITS},
+        **{f"{s}_img_dir": out_dir / s / "images" for s in SPLITS},
+    }
 
 
 def _is_cached(out_dir: Path, meta: dict[str, int]) -> bool:
@@ -265,11 +341,12 @@ def _is_cached(out_dir: Path, meta: dict[str, int]) -> bool:
             return False
     except (OSError, ValueError):
         return False
-    paths = _paths(out_dir)
-    return all(paths[f"{s}_ann"].is_file()
-               and all((paths[f"{s}_img_dir"] / f"{i:06d}.jpg").is_file()
-                       for i in range(meta[f"num_{s}"]))
-               for s in SPLITS)
+    paths = shapes_paths(out_dir)
+    return all(
+        paths[f"{s}_ann"].is_file()
+        and all((paths[f"{s}_img_dir"] / f"{i:06d}.jpg").is_file() for i in range(meta[f"num_{s}"]))
+        for s in SPLITS
+    )
 
 
 def _is_ours(out_dir: Path) -> bool:
@@ -285,8 +362,15 @@ def _is_ours(out_dir: Path) -> bool:
 
 def check_arguments(args: dict[str, int]) -> None:
     """Raises ValueError naming the first argument out of range (by its parameter name)."""
-    limits = {"num_train": 1, "num_val": 1, "img_size": 16, "min_size": 1, "max_size": 1,
-              "max_objects": 1, "seed": 0}
+    limits = {
+        "num_train": 1,
+        "num_val": 1,
+        "img_size": 16,
+        "min_size": 1,
+        "max_size": 1,
+        "max_objects": 1,
+        "seed": 0,
+    }
     for name, lo in limits.items():
         if not isinstance(args[name], int) or args[name] < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {args[name]!r}")
@@ -296,10 +380,18 @@ def check_arguments(args: dict[str, int]) -> None:
         )
 
 
-def write_shapes_dataset(out_dir: str | Path, num_train: int = 2000, num_val: int = 300,
-                         img_size: int = 256, seed: int = 0, min_size: int = 8,
-                         max_size: int = 160, max_objects: int = 8, *,
-                         workers: int | None = None) -> dict[str, Path]:
+def write_shapes_dataset(
+    out_dir: str | Path,
+    num_train: int = 2000,
+    num_val: int = 300,
+    img_size: int = 256,
+    seed: int = 0,
+    min_size: int = 8,
+    max_size: int = 160,
+    max_objects: int = 8,
+    *,
+    workers: int | None = None,
+) -> dict[str, Path]:
     """Write out_dir/{train,val}/images/*.jpg and out_dir/annotations/{train,val}.json.
 
     Returns paths ``{"train_ann", "train_img_dir", "val_ann", "val_img_dir"}``. Generation is
@@ -311,12 +403,19 @@ def write_shapes_dataset(out_dir: str | Path, num_train: int = 2000, num_val: in
     did not write is ever replaced or deleted.
     """
     out_dir = Path(out_dir)
-    meta = {"generator_version": GENERATOR_VERSION, "num_train": num_train, "num_val": num_val,
-            "img_size": img_size, "seed": seed, "min_size": min_size, "max_size": max_size,
-            "max_objects": max_objects}
+    meta = {
+        "generator_version": GENERATOR_VERSION,
+        "num_train": num_train,
+        "num_val": num_val,
+        "img_size": img_size,
+        "seed": seed,
+        "min_size": min_size,
+        "max_size": max_size,
+        "max_objects": max_objects,
+    }
     check_arguments(meta)
     if _is_cached(out_dir, meta):
-        return _paths(out_dir)
+        return shapes_paths(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} is a file, not a folder: give a new or empty folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_ours(out_dir):
@@ -326,8 +425,9 @@ def write_shapes_dataset(out_dir: str | Path, num_train: int = 2000, num_val: in
             "is replaced: give a new or empty folder"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MARKER).write_text("written by gfldet data synth: it may replace its own files "
-                                  "here (see meta.json)\n")
+    (out_dir / MARKER).write_text(
+        "written by gfldet data synth: it may replace its own files here (see meta.json)\n"
+    )
     (out_dir / "meta.json").unlink(missing_ok=True)  # never leave a stale meta on a crash
     if workers is None:
         workers = 1 if num_train + num_val < 256 else min(2, os.cpu_count() or 1)
@@ -342,7 +442,7 @@ def write_shapes_dataset(out_dir: str | Path, num_train: int = 2000, num_val: in
             pool.close()
             pool.join()
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return _paths(out_dir)
+    return shapes_paths(out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,8 +471,10 @@ def main(argv: list[str] | None = None) -> int:
     for split in SPLITS:
         coco = json.loads(paths[f"{split}_ann"].read_text())
         counts.append(f"{split} {len(coco['images'])} images/{len(coco['annotations'])} boxes")
-    print(f"shapes dataset in {a.out}: {', '.join(counts)}, {len(CLASSES)} classes "
-          f"({time.perf_counter() - t0:.1f}s)")
+    print(
+        f"shapes dataset in {a.out}: {', '.join(counts)}, {len(CLASSES)} classes "
+        f"({time.perf_counter() - t0:.1f}s)"
+    )
     return 0
 
 

@@ -43,9 +43,13 @@ import logging
 import os
 import shutil
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from xml.parsers import expat
+
+from gfldet.data.coco import CocoDetection
+from gfldet.files import atomic_open
 
 log = logging.getLogger("gfldet")
 
@@ -54,6 +58,24 @@ log = logging.getLogger("gfldet")
 _DEC = decimal.Context(prec=1200, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 _SKIP_HINT = "data.skip_bad_images: true leaves it out"
 _COORDS = ("xmin", "ymin", "xmax", "ymax")
+
+
+class _Skipped:
+    """The bad items read_voc and read_yolo leave out with skip_bad: each logged at DEBUG (for
+    `gfldet data check`; the summary warning has the counts), counted by kind, the first kept
+    for that warning. Without skip_bad the first one is a ValueError with the hint."""
+
+    def __init__(self, skip_bad: bool) -> None:
+        self.skip_bad = skip_bad
+        self.count: Counter[str] = Counter()
+        self.first: str | None = None
+
+    def __call__(self, kind: str, msg: str) -> None:
+        if not self.skip_bad:
+            raise ValueError(f"{msg} ({_SKIP_HINT})") from None
+        self.count[kind] += 1
+        self.first = self.first or msg
+        log.debug(msg)
 
 
 class _BadImage(ValueError):
@@ -252,40 +274,32 @@ def read_voc(
     class_set = frozenset(classes) if classes is not None else None
 
     entries = []  # (file_name, width, height, objects)
-    bad_images, bad_objects, first = 0, 0, None
+    skipped = _Skipped(skip_bad)
     ann_prefix = os.path.join(str(ann_dir), "")
     for n, image_id in ids:
         path = f"{ann_prefix}{image_id}.xml"
         try:
             xml_root, objects, bad = _parse_xml(path, class_set)
-            if bad and not skip_bad:
-                raise ValueError(f"{bad[0]} ({_SKIP_HINT})")
             width, height = _image_size(path, xml_root)
         except _BadImage as e:
-            msg = f"{e} (listed in {list_file}:{n})"
-            if not skip_bad:
-                raise ValueError(f"{msg} ({_SKIP_HINT})") from None
-            bad_images += 1
-            first = first or msg
-            log.debug(msg)  # each one, for `gfldet data check`; the warning has counts
+            skipped("image", f"{e} (listed in {list_file}:{n})")
             continue
-        if bad:
-            bad_objects += len(bad)
-            first = first or bad[0]
-            for msg in bad:
-                log.debug(msg)
+        for msg in bad:
+            skipped("object", msg)
         fn_el = xml_root.find("filename")
         filename = (fn_el.text or "").strip() if fn_el is not None else ""
         entries.append((f"JPEGImages/{filename or image_id + '.jpg'}", width, height, objects))
 
-    if bad_images or bad_objects:
+    if skipped.count:
         log.warning(
             "%s: left out %d of %d image(s) (bad or missing annotation file) and %d bad "
             "object(s) (data.skip_bad_images); the first: %s",
-            list_file, bad_images, len(ids), bad_objects, first,
+            list_file, skipped.count["image"], len(ids), skipped.count["object"], skipped.first,
         )  # fmt: skip
     if not entries:
-        raise ValueError(f"{list_file}: all {len(ids)} images were left out; the first: {first}")
+        raise ValueError(
+            f"{list_file}: all {len(ids)} images were left out; the first: {skipped.first}"
+        )
     if classes is None:
         classes = sorted({name for *_, objects in entries for name, _, _ in objects})
     cat_id = {name: i for i, name in enumerate(classes, 1)}
@@ -332,14 +346,21 @@ def _place_image(src: Path, dst: Path, link: bool) -> None:
     shutil.copyfile(src, dst)
 
 
+def check_coco(coco: dict, source: str | Path) -> None:
+    """Refuses what the COCO loader refuses, as a one-line ValueError naming `source` (the file
+    the dict was read from) and the id or value: an image whose width or height is not a
+    positive whole number, an annotation whose image_id or category_id is not in the dict, a
+    bbox that is not 4 finite numbers with w, h >= 0, a duplicate id, a category without a name.
+    """
+    # The loader's own checks, run on the dict: one copy of them, not two. No image is read,
+    # so neither the folder nor the transform (None) is used.
+    CocoDetection(source, ".", None, train=False, data=coco)
+
+
 def _anns_by_image(coco: dict) -> dict:
-    """{image id: [its annotations]}, every image present; an unknown id is a ValueError."""
+    """{image id: [its annotations]}, every image present (of a dict that passed check_coco)."""
     anns_of: dict = {im["id"]: [] for im in coco["images"]}
     for ann in coco["annotations"]:
-        if ann.get("image_id") not in anns_of:
-            raise ValueError(
-                f"annotation {ann.get('id')!r} references unknown image_id {ann.get('image_id')!r}"
-            )
         anns_of[ann["image_id"]].append(ann)
     return anns_of
 
@@ -350,6 +371,7 @@ def write_voc(
     out_root: str | Path,
     split: str = "train",
     link_images: bool = True,
+    source: str | Path = "COCO annotations",
 ) -> Path:
     """Writes a COCO dict as a VOC split; returns the list file's path.
 
@@ -363,9 +385,13 @@ def write_voc(
     `<difficult>1</difficult>`. Boxes are converted with the inverse of read_voc's formulas
     (xmin = x + 1, xmax = x + w) in exact decimal arithmetic, so read_voc gives back the same
     floats. A box narrower or lower than 1 pixel (w or h < 1) cannot be written (read_voc would
-    see xmax < xmin) and is left out with a warning; a bbox that is not 4 finite numbers is an
-    error.
+    see xmax < xmin) and is left out with a warning.
+
+    The dict must pass the COCO loader's checks (check_coco; errors name `source`, the file it
+    was read from). The list file is written last and atomically: a crash leaves none, or the
+    previous one, never a partial list.
     """
+    check_coco(coco, source)
     img_src_dir, out_root = Path(img_src_dir), Path(out_root)
     names = {c["id"]: str(c["name"]) for c in coco["categories"]}
     if len(set(names.values())) != len(names):
@@ -399,11 +425,6 @@ def write_voc(
         ET.SubElement(ann, "segmented").text = "0"
         for a in anns_of[im["id"]]:
             bbox = a["bbox"]
-            if len(bbox) != 4 or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < float("inf")
-                for v in bbox
-            ):
-                raise ValueError(f"annotation {a['id']}: bbox must be 4 finite numbers: {bbox!r}")
             if bbox[2] < 1 or bbox[3] < 1:
                 too_small += 1
                 first = first or f"annotation {a['id']} of {im['file_name']}: bbox {bbox}"
@@ -426,5 +447,6 @@ def write_voc(
             "inclusive pixel coordinates cannot hold; the first: %s", too_small, first,
         )  # fmt: skip
     list_file = out_root / "ImageSets" / "Main" / f"{split}.txt"
-    list_file.write_text("".join(f"{stem}\n" for stem in stems), encoding="utf-8")
+    with atomic_open(list_file, encoding="utf-8") as f:
+        f.write("".join(f"{stem}\n" for stem in stems))
     return list_file

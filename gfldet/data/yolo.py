@@ -28,13 +28,13 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from gfldet.data.voc import _anns_by_image, _place_image
+from gfldet.data.coco import IMAGE_EXTENSIONS
+from gfldet.data.voc import _anns_by_image, _place_image, _Skipped, check_coco
+from gfldet.files import atomic_open
 
 log = logging.getLogger("gfldet")
 
-IMG_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 COORD_TOL = 1e-6  # normalised coordinates may exceed [0, 1] by this much (float rounding)
-_SKIP_HINT = "data.skip_bad_images: true leaves it out"
 _ORIENTATION = 0x0112  # EXIF / TIFF tag
 
 
@@ -103,7 +103,7 @@ def _find_images(img_dir: str) -> list[str]:
         rel_dir = os.path.relpath(dirpath, img_dir)
         prefix = "" if rel_dir == "." else rel_dir + os.sep
         for f in filenames:
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMG_EXTENSIONS:
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
                 found.append(prefix + f)
     return sorted(found)
 
@@ -133,29 +133,35 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def _line_problem(parts: list[str], num_classes: int, names_file: Path) -> str | None:
-    """Why one split label line is unusable, or None."""
+class _BadLine(ValueError):
+    """Why one label line is unusable (with skip_bad: the line is left out)."""
+
+
+def _parse_line(parts: list[str], num_classes: int, names_file: Path) -> list[float]:
+    """[class, cx, cy, w, h] of one split label line; raises _BadLine."""
     if len(parts) != 5:
-        return f"expected 5 values 'class cx cy w h', got {len(parts)}"
+        raise _BadLine(f"expected 5 values 'class cx cy w h', got {len(parts)}")
     values = []
     for tok in parts:
         try:
             values.append(float(tok))
         except ValueError:
-            return f"not a number: {tok!r}"
+            raise _BadLine(f"not a number: {tok!r}") from None
     if not all(math.isfinite(v) for v in values):
-        return f"not a finite number: {' '.join(parts)}"
+        raise _BadLine(f"not a finite number: {' '.join(parts)}")
     c, cx, cy, w, h = values
     if not c.is_integer() or not 0 <= c < num_classes:
-        return (
+        raise _BadLine(
             f"class index {parts[0]} out of range: {names_file} has {num_classes} classes "
             f"(0..{num_classes - 1})"
         )
     if w <= 0 or h <= 0:
-        return f"box width and height must be > 0, got w {parts[3]}, h {parts[4]}"
+        raise _BadLine(f"box width and height must be > 0, got w {parts[3]}, h {parts[4]}")
     if not all(-COORD_TOL <= v <= 1 + COORD_TOL for v in (cx, cy, w, h)):
-        return f"coordinates must be normalised to [0, 1], got cx cy w h = {' '.join(parts[1:])}"
-    return None
+        raise _BadLine(
+            f"coordinates must be normalised to [0, 1], got cx cy w h = {' '.join(parts[1:])}"
+        )
+    return values
 
 
 def read_yolo(data_yaml: str | Path, img_dir: str | Path, skip_bad: bool = False) -> dict:
@@ -184,11 +190,11 @@ def read_yolo(data_yaml: str | Path, img_dir: str | Path, skip_bad: bool = False
     rel_paths = _find_images(base)
     if not rel_paths:
         raise ValueError(
-            f"{img_dir}: no images found (extensions {' '.join(sorted(IMG_EXTENSIONS))})"
+            f"{img_dir}: no images found (extensions {' '.join(sorted(IMAGE_EXTENSIONS))})"
         )
 
     images, annotations = [], []
-    bad_images, bad_lines, first = 0, 0, None
+    skipped = _Skipped(skip_bad)
     saved_limit = Image.MAX_IMAGE_PIXELS
     # PIL's decompression-bomb check would refuse big aerial images that gfldet can decode
     # (it has its own limit, checked when the image is read); only headers are read here.
@@ -199,11 +205,10 @@ def read_yolo(data_yaml: str | Path, img_dir: str | Path, skip_bad: bool = False
             try:
                 width, height = image_size(path)
             except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
-                msg = f"cannot read the image header of {img_dir / rel}: {type(e).__name__}: {e}"
-                if not skip_bad:
-                    raise ValueError(f"{msg} ({_SKIP_HINT})") from None
-                bad_images, first = bad_images + 1, first or msg
-                log.debug(msg)  # each one, for `gfldet data check`; the warning has counts
+                skipped(
+                    "image",
+                    f"cannot read the image header of {img_dir / rel}: {type(e).__name__}: {e}",
+                )
                 continue
             lbl = label_path(path)
             try:
@@ -212,11 +217,7 @@ def read_yolo(data_yaml: str | Path, img_dir: str | Path, skip_bad: bool = False
             except FileNotFoundError:
                 text = ""  # no label file: an image without objects, as in Ultralytics
             except (OSError, UnicodeDecodeError) as e:
-                msg = f"cannot read label file {lbl}: {e}"
-                if not skip_bad:
-                    raise ValueError(f"{msg} ({_SKIP_HINT})") from None
-                bad_images, first = bad_images + 1, first or msg
-                log.debug(msg)
+                skipped("image", f"cannot read label file {lbl}: {e}")
                 continue
 
             img_id = len(images) + 1
@@ -228,15 +229,11 @@ def read_yolo(data_yaml: str | Path, img_dir: str | Path, skip_bad: bool = False
                 parts = line.split()
                 if not parts:
                     continue
-                problem = _line_problem(parts, num_classes, data_yaml)
-                if problem is not None:
-                    msg = f"{lbl}:{n}: {problem}"
-                    if not skip_bad:
-                        raise ValueError(f"{msg} ({_SKIP_HINT})")
-                    bad_lines, first = bad_lines + 1, first or msg
-                    log.debug(msg)
+                try:
+                    c, cx, cy, w, h = _parse_line(parts, num_classes, data_yaml)
+                except _BadLine as e:
+                    skipped("line", f"{lbl}:{n}: {e}")
                     continue
-                c, cx, cy, w, h = map(float, parts)
                 bw, bh = w * width, h * height
                 annotations.append({
                     "id": len(annotations) + 1, "image_id": img_id, "category_id": int(c) + 1,
@@ -246,15 +243,15 @@ def read_yolo(data_yaml: str | Path, img_dir: str | Path, skip_bad: bool = False
     finally:
         Image.MAX_IMAGE_PIXELS = saved_limit
 
-    if bad_images or bad_lines:
+    if skipped.count:
         log.warning(
             "%s: left out %d of %d image(s) (unreadable image header or label file) and %d bad "
             "label line(s) (data.skip_bad_images); the first: %s",
-            img_dir, bad_images, len(rel_paths), bad_lines, first,
+            img_dir, skipped.count["image"], len(rel_paths), skipped.count["line"], skipped.first,
         )  # fmt: skip
     if not images:
         raise ValueError(
-            f"{img_dir}: all {len(rel_paths)} images were left out; the first: {first}"
+            f"{img_dir}: all {len(rel_paths)} images were left out; the first: {skipped.first}"
         )
     categories = [{"id": i, "name": name} for i, name in enumerate(names, 1)]
     return {"images": images, "annotations": annotations, "categories": categories}
@@ -266,6 +263,7 @@ def write_yolo(
     out_root: str | Path,
     split: str = "train",
     link_images: bool = True,
+    source: str | Path = "COCO annotations",
 ) -> Path:
     """Writes a COCO dict as one split of a YOLO dataset; returns the `data.yaml` path.
 
@@ -281,7 +279,12 @@ def write_yolo(
     Labels hold 9 significant digits. Boxes are clipped to the image, since YOLO coordinates
     are in [0, 1]; crowd boxes (`iscrowd: 1`), which YOLO cannot represent, and boxes with
     nothing left inside the image are left out, with a warning giving the counts.
+
+    The dict must pass the COCO loader's checks (voc.check_coco; errors name `source`, the file
+    it was read from). data.yaml is written last and atomically: a crash leaves the previous
+    one (or none), never a partial file.
     """
+    check_coco(coco, source)
     img_src_dir, out_root = Path(img_src_dir), Path(out_root).resolve()
     cat_ids = sorted(c["id"] for c in coco["categories"])
     index = {cid: i for i, cid in enumerate(cat_ids)}
@@ -304,9 +307,6 @@ def write_yolo(
             meta = {k: v for k, v in old.items() if k not in ("path", "names", "nc")}
 
     anns_of = _anns_by_image(coco)
-    for ann in coco["annotations"]:
-        if ann["category_id"] not in index:
-            raise ValueError(f"annotation {ann['id']}: unknown category_id {ann['category_id']}")
 
     split_dir = out_root / "images" / split
     labels_seen: dict[str, str] = {}  # checked before anything is written
@@ -351,5 +351,6 @@ def write_yolo(
     meta[split] = f"images/{split}"
     splits = {k: meta.pop(k) for k in ("train", "val", "test") if k in meta}
     out = {"path": str(out_root), **splits, **meta, "names": names}
-    yaml_path.write_text(yaml.safe_dump(out, sort_keys=False, allow_unicode=True), "utf-8")
+    with atomic_open(yaml_path, encoding="utf-8") as f:
+        f.write(yaml.safe_dump(out, sort_keys=False, allow_unicode=True))
     return yaml_path

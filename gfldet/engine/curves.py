@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_open
+from .plots import new_figure, save_png
 
 
 def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:
@@ -58,17 +58,13 @@ def write_training_curves(work_dir: str | Path, out: str | Path | None = None) -
     iteration, and val AP / AP50 / AP75 vs epoch. The PNG is replaced atomically, so it can be
     rewritten after every evaluation while someone looks at it.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     work_dir = Path(work_dir)
     train, val = read_log(work_dir / "log.jsonl")
     if not train and not val:
         raise ValueError(f"{work_dir / 'log.jsonl'}: no training or validation records")
     out = Path(out) if out is not None else work_dir / "curves.png"
 
-    fig = Figure(figsize=(13, 4), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(13, 4)
     ax_loss, ax_lr, ax_val = fig.subplots(1, 3, width_ratios=[2.2, 1, 1.4])
     keys = sorted({k for r in train for k in r if k.startswith("loss_")})
     for key in ["loss", *keys]:
@@ -106,6 +102,4 @@ def write_training_curves(work_dir: str | Path, out: str | Path | None = None) -
     ax_val.grid(alpha=0.3)
     ax_val.xaxis.get_major_locator().set_params(integer=True)
 
-    with atomic_open(out, "wb") as f:
-        fig.savefig(f, format="png")
-    return out
+    return save_png(fig, out)

@@ -52,10 +52,11 @@ import torch
 from ..data.coco import CocoDetection
 from ..data.loader import build_dataset
 from ..data.transforms import rescale_size
-from ..files import atomic_open, write_json_atomic
+from ..files import write_json_atomic
 from ..model.atss import atss_assign
 from ..model.box_ops import bbox2distance, grid_points, square_anchors
 from ..model.build import build_model
+from .plots import new_figure, save_png
 
 log = logging.getLogger("gfldet")
 
@@ -799,29 +800,14 @@ def _wrap(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Plots (matplotlib's object API, as gfldet.engine.plots: no display, no pyplot state)
-
-
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: Path) -> Path:
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png")
-    return Path(path)
+# Plots (gfldet.engine.plots' figures: no display, no pyplot state)
 
 
 def plot_class_histogram(stats: dict[str, Any], path: str | Path) -> Path:
     """Horizontal bars: objects per class (most first), with their counts. Writes a PNG."""
     c = stats["counts"]
     classes = sorted(c["classes"], key=lambda r: -r["objects"])
-    fig = _figure(7, max(2.5, 0.22 * len(classes) + 1.2))
+    fig = new_figure(7, max(2.5, 0.22 * len(classes) + 1.2))
     ax = fig.add_subplot()
     y = np.arange(len(classes))
     counts = [r["objects"] for r in classes]
@@ -834,7 +820,7 @@ def plot_class_histogram(stats: dict[str, Any], path: str | Path) -> Path:
     ax.set(xlabel="objects (crowd excluded)",
            title=f"{stats['split']}: {c['objects']} objects in {c['images']} images")  # fmt: skip
     ax.margins(x=0.12)
-    return _save(fig, Path(path))
+    return save_png(fig, Path(path))
 
 
 def plot_box_sizes(stats: dict[str, Any], path: str | Path) -> Path:
@@ -854,7 +840,7 @@ def plot_box_sizes(stats: dict[str, Any], path: str | Path) -> Path:
         c[0] += counts[0]  # sizes < 1 px into the first bin
         return c
 
-    fig = _figure(11, 4.2)
+    fig = new_figure(11, 4.2)
     ax1, ax2 = fig.subplots(1, 2, sharex=True)
     ax1.bar(centers, hist(s["histogram"]), width=widths, color="0.55", align="center")
     ax1.set(title=f"{stats['split']}: {s['count']} gts, {stats['scale']['note'][:60]}",
@@ -881,7 +867,7 @@ def plot_box_sizes(stats: dict[str, Any], path: str | Path) -> Path:
                         rotation=90, va="top", ha="right", fontsize=7, color="tab:red")  # fmt: skip
         for a, b in zip(sides, sides[1:]):
             ax.axvline(math.sqrt(a * b), color="tab:red", ls=":", lw=0.8)
-    return _save(fig, Path(path))
+    return save_png(fig, Path(path))
 
 
 def plot_edge_distances(stats: dict[str, Any], path: str | Path) -> Path:
@@ -891,7 +877,7 @@ def plot_edge_distances(stats: dict[str, Any], path: str | Path) -> Path:
     from matplotlib import colormaps
 
     e, geo = stats["edges"], stats["model"]
-    fig = _figure(7.5, 4.4)
+    fig = new_figure(7.5, 4.4)
     ax = fig.add_subplot()
     top = 1.0
     for k, lv in enumerate(stats["levels"]):
@@ -916,4 +902,4 @@ def plot_edge_distances(stats: dict[str, Any], path: str | Path) -> Path:
            ylabel="edges", title=title)  # fmt: skip
     ax.title.set_fontsize(10)
     ax.legend(fontsize=7)
-    return _save(fig, Path(path))
+    return save_png(fig, Path(path))

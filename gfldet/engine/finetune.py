@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..interop.mmdet import COCO_CLASSES, load_mmdet_checkpoint, rename_keys
+from ..interop.mmdet import COCO_CLASSES, checked_bin_width, load_mmdet_checkpoint, rename_keys
 from .checkpoint import load_checkpoint, rename_legacy_keys
 
 CLS_WEIGHT = "head.gfl_cls.weight"  # [C, F, 3, 3]: one row of F x 3 x 3 weights per class
@@ -58,8 +58,10 @@ def init_from_checkpoint(
         total, checkpoint_total: the numbers of model and checkpoint tensors;
         notes: anything else worth a line in the log (why a class conv was not copied, ...).
 
-    Raises ValueError (one line, naming the file) when `path` is not a checkpoint, or when not
-    a single tensor fits (another architecture); the model is left untouched then.
+    Raises ValueError (one line, naming the file) when `path` is not a checkpoint, when not
+    a single tensor fits (another architecture), when its bins have another width than the
+    model's (model.head.bin_width), or when an MMDetection checkpoint has a 'caffe' style
+    ResNet; the model is left untouched then.
     FileNotFoundError when there is no such file.
     """
     path = Path(path)
@@ -70,6 +72,13 @@ def init_from_checkpoint(
     notes: list[str] = list(source["notes"])
     own = model.state_dict()
     class_names = list(class_names)
+    # Same tensors, other bins: every edge would decode to another distance, silently.
+    theirs, ours = source["bin_width"], getattr(model.head.box, "bin_width", None)
+    if theirs is not None and ours is not None and abs(theirs - ours) > 1e-6:
+        raise ValueError(
+            f"{path}: its edge distributions have bins of width {theirs:g}, the model's "
+            f"{ours:g}: set model.head.bin_width: {theirs:g}"
+        )
     if CLS_WEIGHT in own and int(own[CLS_WEIGHT].shape[0]) != len(class_names):
         raise ValueError(
             f"{path}: the model has {own[CLS_WEIGHT].shape[0]} class channels but "
@@ -237,7 +246,8 @@ def summary_line(report: dict[str, Any]) -> str:
 
 
 def _read_source(path: Path) -> dict[str, Any]:
-    """{"weights": gfldet-named state dict, "classes": names or None, "kind", "key", "notes"}."""
+    """{"weights": gfldet-named state dict, "classes": names or None, "kind", "key", "notes",
+    "bin_width": the Δ of the edge distributions' bins, or None when the file does not say}."""
     gfl_error: ValueError | None = None
     try:
         state = load_checkpoint(path)
@@ -256,6 +266,7 @@ def _read_source(path: Path) -> dict[str, Any]:
             "kind": "gfldet",
             "key": key,
             "notes": notes,
+            "bin_width": _gfldet_bin_width(state),
         }
     try:
         mm_state, meta = load_mmdet_checkpoint(path)
@@ -268,9 +279,20 @@ def _read_source(path: Path) -> dict[str, Any]:
             f"(gfldet: {str(gfl_error).removeprefix(prefix)}; "
             f"MMDetection: {str(e).removeprefix(prefix)})"
         ) from None
+    bin_width = checked_bin_width(mm_state, meta, str(path))
     weights, classes, notes = _convert_mmdet(mm_state, meta, path)
     return {"weights": weights, "classes": classes, "kind": "mmdetection", "key": "model",
-            "notes": notes}  # fmt: skip
+            "notes": notes, "bin_width": bin_width}  # fmt: skip
+
+
+def _gfldet_bin_width(state: dict[str, Any]) -> float | None:
+    """The bin width Δ a gfldet checkpoint was trained (or converted) with; None if unknown."""
+    meta, cfg = state.get("meta"), state.get("config")
+    if isinstance(meta, dict) and isinstance(meta.get("bin_width"), (int, float)):
+        return float(meta["bin_width"])
+    head = cfg.get("model", {}).get("head", {}) if isinstance(cfg, dict) else {}
+    width = head.get("bin_width") if isinstance(head, dict) else None
+    return float(width) if isinstance(width, (int, float)) else None
 
 
 def _convert_mmdet(

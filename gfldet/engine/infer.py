@@ -11,20 +11,16 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from ..data.coco import BadImageError, load_image
-from ..data.transforms import rescale_size
+from ..data.coco import IMAGE_EXTENSIONS, BadImageError, load_image
 from .predictor import Predictor
 from .records import prediction_record, write_predictions_json
-from .uncertainty import edge_uncertainty
 from .visualize import draw_detections
 
 log = logging.getLogger("gfldet")
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTS
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _images_at(path: Path, exclude: Path | None) -> list[Path]:
@@ -79,20 +75,6 @@ def expand_inputs(inputs: list[str], exclude: Path | None = None) -> list[Path]:
     return found
 
 
-def detect_with_uncertainty(predictor: Predictor, rgb) -> dict:
-    """The predictor's detections on one RGB image [H, W, 3], with `edge_std` / `edge_top2`
-    [K, 4] (in original-image pixels, as the boxes) when the model has edge distributions."""
-    det = predictor([rgb])[0]
-    if "dists" in det:
-        scale = rescale_size(rgb.shape[1], rgb.shape[0], predictor.transform.img_scale)
-        det.update(
-            edge_uncertainty(
-                det["dists"], det["strides"], predictor.model.head.box.bin_width, scale[2:]
-            )  # fmt: skip
-        )
-    return det
-
-
 def infer_images(
     predictor: Predictor,
     files: list[Path],
@@ -102,7 +84,7 @@ def infer_images(
     skip_bad: bool = False,
 ) -> dict:
     """Detects objects in `files`, writes OUT_DIR/<stem>.jpg (boxes drawn) for each and
-    OUT_DIR/predictions.json (a record per image, see visualize.prediction_record).
+    OUT_DIR/predictions.json (a record per image, see records.prediction_record).
 
     predictions.json is always written for the images processed, also when an unreadable image
     stops the run (skip_bad False: the BadImageError is re-raised afterwards) or Ctrl-C does;
@@ -120,7 +102,7 @@ def infer_images(
                 log.warning("skipped an unreadable image (data.skip_bad_images): %s", e)
                 skipped += 1
                 continue
-            det = detect_with_uncertainty(predictor, rgb)
+            det = predictor([rgb])[0]
             records.append(
                 prediction_record(path, rgb.shape, det, predictor.cat_ids,
                                   predictor.class_names, score_thr)

@@ -14,7 +14,8 @@ import numpy as np
 from ..files import atomic_open
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib Figure of width x height inches on an Agg canvas (no display, no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -23,13 +24,20 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
+def save_png(fig: Any, path: str | Path) -> Path:
+    """Writes `fig` to `path` as a PNG, atomically (a crash never leaves half a file)."""
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png")
+    return Path(path)
+
+
 def plot_reliability(scores: np.ndarray, ious: np.ndarray, q: dict, path: str | Path) -> Path:
     """Reliability plot of scores as localisation quality: mean IoU per score bin (bars, with
     the number of detections) over a scatter of every matched detection; a perfectly
     calibrated joint score lies on the diagonal. scores [M], ious [M] of the matched
     detections; q: their calibration (evaluator.quality_calibration). Writes a PNG."""
     num_bins = len(q["reliability"])
-    fig = _figure(5.2, 4.4)
+    fig = new_figure(5.2, 4.4)
     ax = fig.add_subplot()
     if len(scores):
         # A random subset keeps the file small for COCO's ~10^5 matched detections.
@@ -53,9 +61,7 @@ def plot_reliability(scores: np.ndarray, ious: np.ndarray, q: dict, path: str | 
     )
     ax.title.set_fontsize(10)
     ax.legend(loc="upper left", fontsize=8)
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png")
-    return Path(path)
+    return save_png(fig, path)
 
 
 def plot_pr_curves(recall: np.ndarray, curves: dict[str, np.ndarray], path: str | Path) -> Path:
@@ -67,7 +73,7 @@ def plot_pr_curves(recall: np.ndarray, curves: dict[str, np.ndarray], path: str 
     """
     from matplotlib import colormaps
 
-    fig = _figure(10, 4.4)
+    fig = new_figure(10, 4.4)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, t, iou in ((axes[0], 0, "0.50"), (axes[1], 5, "0.75")):
         for k, (name, p) in enumerate(curves.items()):
@@ -83,6 +89,4 @@ def plot_pr_curves(recall: np.ndarray, curves: dict[str, np.ndarray], path: str 
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left", fontsize=7)
     axes[0].set_ylabel("precision")
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png")
-    return Path(path)
+    return save_png(fig, path)

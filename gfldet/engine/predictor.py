@@ -16,6 +16,7 @@ from ..model.detector import GFL
 from ..model.fuse import prepare_for_inference
 from .checkpoint import load_checkpoint, load_model_weights
 from .runtime import resolve_device, resolve_num_classes
+from .uncertainty import edge_uncertainty
 
 log = logging.getLogger("gfldet")
 
@@ -85,7 +86,10 @@ class Predictor:
     >>> dets = p(["a.jpg", rgb_array])  # one dict per image
 
     Each result holds `boxes` [K, 4] xyxy in original pixels, `scores` [K], `labels` [K]
-    (0..C-1), `category_ids` [K] (the dataset's ids) and `names` (list of class names).
+    (0..C-1), `category_ids` [K] (the dataset's ids) and `names` (list of class names). Models
+    with edge distributions (model.head.box general) add `dists` [K, 4, n+1], `strides` [K],
+    and their summaries `edge_std` [K, 4] (original pixels, as the boxes) and `edge_top2`
+    [K, 4] (see gfldet.engine.uncertainty).
     """
 
     def __init__(
@@ -110,10 +114,14 @@ class Predictor:
             samples.append((tensor, info))
         batch, targets = collate_batch(samples, self.size_divisor)
         dets = self.model.predict(batch.to(self.device), targets)
-        for d in dets:
+        for d, t in zip(dets, targets, strict=True):
             for k in ("boxes", "scores", "labels", "dists", "strides"):
                 if k in d:
                     d[k] = d[k].cpu()
+            if "dists" in d:
+                # scale_factor is this image's resize: spreads come out in original pixels.
+                bin_width = self.model.head.box.bin_width
+                d.update(edge_uncertainty(d["dists"], d["strides"], bin_width, t["scale_factor"]))
             d["category_ids"] = torch.tensor([self.cat_ids[i] for i in d["labels"].tolist()])
             d["names"] = [self.class_names[i] for i in d["labels"].tolist()]
         return dets

@@ -16,7 +16,6 @@ import contextlib
 import errno
 import json
 import logging
-import logging.handlers
 import math
 import os
 import shlex
@@ -55,7 +54,7 @@ from .evaluator import evaluate, format_metrics
 from .finetune import format_report, init_from_checkpoint
 from .optim import build_optimizer, lr_at
 from .run_dir import check_work_dir, move_run_aside, new_run_problem
-from .run_logs import TensorBoard, write_results_csv
+from .run_logs import VAL_KEYS, TensorBoard, write_results_csv
 from .runtime import (
     configure_determinism,
     resolve_device,
@@ -570,7 +569,7 @@ class Trainer:
         if gdist.is_main():
             which = "EMA weights" if self.ema is not None else "weights"
             log.info("epoch %d (%s): %s", self.epoch, which, format_metrics(metrics))
-            ap = {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+            ap = {k: metrics[k] for k in VAL_KEYS}
             ap = {k: (None if v is None or math.isnan(v) else v) for k, v in ap.items()}
             record = {"epoch": self.epoch, "iter": self.iter, "val": ap}
             if self.ema is not None:
@@ -641,7 +640,9 @@ def train(cfg: dict, resume: bool | str | Path = False, overwrite: bool = False)
     """Trains a detector as configured; returns the final evaluation metrics. A new run needs a
     work dir without a run in it; `overwrite` moves an old run aside first (see run_dir)."""
     try:
-        return Trainer(cfg, resume, overwrite).fit()
-    finally:
-        if gdist.is_distributed():
-            torch.distributed.destroy_process_group()
+        metrics = Trainer(cfg, resume, overwrite).fit()
+    except BaseException:
+        gdist.shutdown(clean=False)
+        raise
+    gdist.shutdown()
+    return metrics

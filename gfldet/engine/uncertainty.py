@@ -13,12 +13,17 @@ a shadow). Two summaries per edge:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 
 def edge_uncertainty(
-    dists: Tensor, strides: Tensor, bin_width: float = 1.0, scale: Tensor | None = None
+    dists: Tensor,
+    strides: Tensor,
+    bin_width: float = 1.0,
+    scale: Sequence[float] | Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Summarises edge distributions.
 

@@ -26,11 +26,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..data.transforms import rescale_size
-from ..files import _json_safe
-from .infer import IMAGE_EXTS
+from ..data.coco import IMAGE_EXTENSIONS
+from ..files import json_safe
 from .records import prediction_record
-from .uncertainty import edge_uncertainty
 from .visualize import draw_detections
 
 if TYPE_CHECKING:
@@ -76,7 +74,7 @@ def _is_pattern(pattern: str) -> bool:
     return (
         pattern.count("%") == 1
         and _SEQ_PLACEHOLDER.search(pattern) is not None
-        and Path(pattern).suffix.lower() in IMAGE_EXTS
+        and Path(pattern).suffix.lower() in IMAGE_EXTENSIONS
     )
 
 
@@ -94,7 +92,7 @@ def is_image_sequence(pattern: str) -> bool:
 def split_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
     """Splits `gfldet infer` inputs into (videos and image-sequence patterns, the rest).
 
-    The rest (image files, folders, image globs) goes to visualize.expand_inputs. Videos are
+    The rest (image files, folders, image globs) goes to infer.expand_inputs. Videos are
     recognised by extension (a missing one included, so that it fails as a missing video);
     patterns by their form (one %d / %0Nd, image extension), so that a pattern whose frames are
     missing fails as such. A glob contributes its video matches here, and is also kept in the
@@ -287,8 +285,6 @@ def infer_video(
         f = open(jsonl, "w", encoding="utf-8")  # noqa: SIM115  (closed in the finally)
         bar = tqdm(total=total, desc=Path(str(source)).name, unit="frame", disable=not progress)
 
-        img_scale = predictor.transform.img_scale
-        bin_width = box.bin_width
         stats = {"predicted": 0, "detections": 0, "resized": 0}
         last: dict | None = None  # detections drawn on the frames that follow
         pending: list[tuple[int, np.ndarray, bool]] = []  # (index, BGR frame, predict it?)
@@ -299,18 +295,12 @@ def infer_video(
             dets = iter(predictor(todo) if todo else [])
             for index, bgr, pred in pending:
                 if pred:
-                    det = next(dets)
-                    if "dists" in det:
-                        # Spreads in pixels of the frame, as the boxes (see _cmd_infer).
-                        scale = rescale_size(bgr.shape[1], bgr.shape[0], img_scale)
-                        det.update(
-                            edge_uncertainty(det["dists"], det["strides"], bin_width, scale[2:])
-                        )
+                    det = next(dets)  # edge_std in frame pixels (Predictor)
                     rec = prediction_record(
                         source, bgr.shape, det, predictor.cat_ids, predictor.class_names, score_thr
                     )
                     line = {"frame": index, "time_s": index / fps, "detections": rec["detections"]}
-                    f.write(json.dumps(_json_safe(line)) + "\n")
+                    f.write(json.dumps(json_safe(line)) + "\n")
                     f.flush()  # a crash or Ctrl-C keeps every finished frame's line
                     stats["predicted"] += 1
                     stats["detections"] += len(rec["detections"])

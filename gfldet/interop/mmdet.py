@@ -138,6 +138,22 @@ def bin_width_of(state: dict[str, Tensor]) -> float:
     return delta
 
 
+def checked_bin_width(state: dict[str, Tensor], meta: dict[str, Any], source: str) -> float:
+    """The checkpoint's bin width Δ (see bin_width_of), after refusing what would load into
+    gfldet's model but compute something else: a 'caffe' style ResNet (stride on the 1x1
+    conv; gfldet's is 'pytorch' style). Errors name `source`."""
+    config_text = meta.get("config")
+    if isinstance(config_text, str) and re.search(r"style\s*=\s*['\"]caffe['\"]", config_text):
+        raise ValueError(
+            f"{source}: its ResNet is 'caffe' style (stride on the 1x1 conv); gfldet's is "
+            "'pytorch' style, so the weights would load but compute something else"
+        )
+    try:
+        return bin_width_of(state)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
 def class_order(
     classes: list[str] | None, num_channels: int, ann_file: str | Path | None
 ) -> tuple[list[str], list[int], list[int]]:
@@ -223,13 +239,7 @@ def convert_state(
 ) -> dict[str, Any]:
     """An MMDetection GFL state dict and its meta -> a gfldet checkpoint dict:
     {"model": state dict, "classes": names, "cat_ids": ids, "meta": {...}}."""
-    config_text = meta.get("config")
-    if isinstance(config_text, str) and re.search(r"style\s*=\s*['\"]caffe['\"]", config_text):
-        raise ValueError(
-            f"{source}: its ResNet is 'caffe' style (stride on the 1x1 conv); gfldet's is "
-            "'pytorch' style, so the weights would load but compute something else"
-        )
-    delta = bin_width_of(state)
+    delta = checked_bin_width(state, meta, source)
     weights = rename_keys(state)
     classes = meta.get("CLASSES")
     names, cat_ids, perm = class_order(

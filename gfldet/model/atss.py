@@ -157,13 +157,14 @@ def _grid_candidates(
         if h * w == 0:
             continue
         # Each gt's valid rows and columns on this level (the whole grid without `valid`).
-        if valid is None:
+        if valid is None:  # known on the host: no device sync
             rows_ok = torch.full((len(gt_centers),), h, device=dev)
             cols_ok = torch.full((len(gt_centers),), w, device=dev)
+            thin_h, thin_w = h < 3, w < 3
         else:
             level = valid[:, start : start + h * w].view(-1, h, w)
             rows_ok, cols_ok = level[:, :, 0].sum(1), level[:, 0, :].sum(1)
-        thin_h, thin_w = int(rows_ok.min()) < 3, int(cols_ok.min()) < 3
+            thin_h, thin_w = int(rows_ok.min()) < 3, int(cols_ok.min()) < 3
         wh = min(h, WINDOW if not thin_w else WINDOW_THIN)
         ww = min(w, WINDOW if not thin_h else WINDOW_THIN)
         origin = centers[start]

@@ -232,7 +232,7 @@ def _classifier_keys(backbone: nn.Module) -> tuple[str, ...]:
     return tuple(getattr(backbone, "classifier_keys", ()))
 
 
-def load_backbone_weights(backbone: nn.Module, pretrained: str, what: str = "backbone") -> None:
+def load_backbone_weights(backbone: nn.Module, pretrained: str) -> None:
     """Loads a local weight file or a torchvision weights name (e.g.
     'ResNet50_Weights.IMAGENET1K_V1') into `backbone`, strictly for its own parameters.
 
@@ -267,7 +267,7 @@ def load_backbone_weights(backbone: nn.Module, pretrained: str, what: str = "bac
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if bad:
         raise ValueError(
-            f"pretrained weights '{pretrained}' do not fit this {what} (shape mismatch in "
+            f"pretrained weights '{pretrained}' do not fit this backbone (shape mismatch in "
             f"{len(bad)} tensors, e.g. {bad[0]}: {tuple(state[bad[0]].shape)} vs "
             f"{tuple(own[bad[0]].shape)}); check model.backbone (type, depth, base_width)"
         )
@@ -276,7 +276,7 @@ def load_backbone_weights(backbone: nn.Module, pretrained: str, what: str = "bac
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
         raise ValueError(
-            f"pretrained weights '{pretrained}' do not fit this {what}: missing keys "
+            f"pretrained weights '{pretrained}' do not fit this backbone: missing keys "
             f"{missing[:5]}, unexpected keys {unexpected[:5]}"
         )
     backbone.load_state_dict(state, strict=False)

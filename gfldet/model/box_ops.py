@@ -74,27 +74,35 @@ def grid_points(
     return torch.cat(points), torch.cat(point_strides)
 
 
+def grid_limits(
+    feat_sizes: list[tuple[int, int]], strides: list[int], pad_sizes: list[tuple[int, int]]
+) -> list[list[tuple[int, int]]]:
+    """Per level, per image: the (rows, cols) of the level's grid that lie inside the image's
+    own padded size (h, w), i.e. the top-left min(ceil(h / s), H) x min(ceil(w / s), W)
+    locations of a level of stride s and size (H, W): MMDetection's
+    AnchorGenerator.valid_flags with the image's pad_shape. Plain ints, so that callers can
+    decide on the host (no device sync) whether any location is padding of the batch only."""
+    return [
+        [(min(-(-ph // s), h), min(-(-pw // s), w)) for ph, pw in pad_sizes]
+        for (h, w), s in zip(feat_sizes, strides)
+    ]
+
+
 def grid_valid_mask(
     feat_sizes: list[tuple[int, int]],
     strides: list[int],
     pad_sizes: list[tuple[int, int]],
     device: torch.device | str = "cpu",
 ) -> Tensor:
-    """Which locations of the batch's grids lie inside each image's own padded size.
-
-    An image padded to (h, w) (its resized size rounded up to the size divisor) covers, on a
-    level of stride s and size (H, W), the top-left min(ceil(h / s), H) rows and
-    min(ceil(w / s), W) columns: MMDetection's AnchorGenerator.valid_flags with the image's
-    pad_shape. The rest is padding of the batch, not of the image.
+    """Which locations of the batch's grids lie inside each image's own padded size (see
+    grid_limits); the rest is padding of the batch, not of the image.
     Returns valid [B, A] bool, A = sum of H*W, locations in grid_points order.
     """
+    limits = torch.tensor(grid_limits(feat_sizes, strides, pad_sizes), device=device)  # [L, B, 2]
     masks = []
-    for (h, w), s in zip(feat_sizes, strides):
-        limits = torch.tensor(
-            [[min(-(-ph // s), h), min(-(-pw // s), w)] for ph, pw in pad_sizes], device=device
-        )  # [B, 2]
-        rows = torch.arange(h, device=device)[None, :, None] < limits[:, 0, None, None]
-        cols = torch.arange(w, device=device)[None, None, :] < limits[:, 1, None, None]
+    for (h, w), lim in zip(feat_sizes, limits):
+        rows = torch.arange(h, device=device)[None, :, None] < lim[:, 0, None, None]
+        cols = torch.arange(w, device=device)[None, None, :] < lim[:, 1, None, None]
         masks.append((rows & cols).flatten(1))
     return torch.cat(masks, 1)
 

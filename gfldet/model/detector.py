@@ -15,6 +15,7 @@ from .box_ops import (
     aligned_box_iou,
     bbox2distance,
     distance2bbox,
+    grid_limits,
     grid_points,
     grid_valid_mask,
     square_anchors,
@@ -135,7 +136,12 @@ class GFL(nn.Module):
         return self.head.box.decode(reg)
 
     def assign(
-        self, points: Tensor, strides: Tensor, sizes: list[tuple[int, int]], targets: list[dict]
+        self,
+        points: Tensor,
+        strides: Tensor,
+        sizes: list[tuple[int, int]],
+        targets: list[dict],
+        gts: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """ATSS targets of a batch: (assigned [B, A], the gt index of each location or -1;
         valid [B, A], the locations inside each image's own padded size).
@@ -144,18 +150,25 @@ class GFL(nn.Module):
         neither candidates nor positives and weigh 0 in the classification loss, as in the
         official GFL and MMDetection v2: each image's targets do not depend on the batch.
         A target's `pad_size` (h, w) is its image's padded size (collate_batch sets it); when
-        absent, the whole batch grid counts.
+        absent, the whole batch grid counts. `gts`: `pad_targets(targets)` when the caller has
+        it already.
         """
-        gt_boxes, _, gt_valid = pad_targets(targets, points.device)
+        gt_boxes, _, gt_valid = gts if gts is not None else pad_targets(targets, points.device)
         # Without pad_size: the whole padded batch, whose size is P3's grid times its stride.
         batch = (sizes[0][0] * self.strides[0], sizes[0][1] * self.strides[0])
         pads = [tuple(t.get("pad_size", batch)) for t in targets]
         valid = grid_valid_mask(sizes, self.strides, pads, points.device)
+        # Decided on the host: valid.all() would wait for the device every step.
+        full = all(
+            lim == tuple(size)
+            for size, level in zip(sizes, grid_limits(sizes, self.strides, pads))
+            for lim in level
+        )
         anchors = square_anchors(points, strides, self.anchor_scale)
         num_level = [h * w for h, w in sizes]
         assigned, _ = atss_assign(
             anchors, num_level, gt_boxes, gt_valid, self.assigner.topk, sizes,
-            None if valid.all() else valid,
+            None if full else valid,
         )  # fmt: skip
         return assigned, valid
 
@@ -175,8 +188,9 @@ class GFL(nn.Module):
         """
         b, a, c = cls.shape
         lo, box, q_repr = self.loss, self.head.box, self.head.quality
-        gt_boxes, gt_labels, _ = pad_targets(targets, cls.device)
-        assigned, valid = self.assign(points, strides, sizes, targets)
+        gts = pad_targets(targets, cls.device)
+        gt_boxes, gt_labels, _ = gts
+        assigned, valid = self.assign(points, strides, sizes, targets, gts)
         pb, pa = (assigned >= 0).nonzero(as_tuple=True)
         gi = assigned[pb, pa]
 

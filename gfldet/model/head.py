@@ -47,14 +47,14 @@ class ConvNormAct(nn.Module):
         num_levels: int = 1,
     ) -> None:
         super().__init__()
-        self.depthwise_separable = conv == "depthwise"
+        separable = conv == "depthwise"
 
         def norms(channels: int) -> nn.Module:
             if num_levels == 1:
                 return _norm(norm, channels, groups)
             return nn.ModuleList(_norm(norm, channels, groups) for _ in range(num_levels))
 
-        if self.depthwise_separable:
+        if separable:
             self.depthwise = nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False)
             self.dwnorm = norms(cin)
             self.pointwise = nn.Conv2d(cin, cout, 1, bias=False)

@@ -77,6 +77,19 @@ class _Skipped:
         self.first = self.first or msg
         log.debug(msg)
 
+    def summarise(self, source: object, total: int, kept: int, why: str, item: str) -> None:
+        """One warning with the counts, when anything was left out: of `total` images (`why`:
+        what made an image unusable) and of the bad items of kind `item` (counted under that
+        kind, e.g. "object"). ValueError when no image is left (`kept` 0)."""
+        if self.count:
+            log.warning(
+                "%s: left out %d of %d image(s) (%s) and %d bad %s(s) (data.skip_bad_images); "
+                "the first: %s",
+                source, self.count["image"], total, why, self.count[item], item, self.first,
+            )  # fmt: skip
+        if not kept:
+            raise ValueError(f"{source}: all {total} images were left out; the first: {self.first}")
+
 
 class _BadImage(ValueError):
     """A fault that makes a whole annotation file unusable (skip_bad: its image is left out)."""
@@ -290,16 +303,7 @@ def read_voc(
         filename = (fn_el.text or "").strip() if fn_el is not None else ""
         entries.append((f"JPEGImages/{filename or image_id + '.jpg'}", width, height, objects))
 
-    if skipped.count:
-        log.warning(
-            "%s: left out %d of %d image(s) (bad or missing annotation file) and %d bad "
-            "object(s) (data.skip_bad_images); the first: %s",
-            list_file, skipped.count["image"], len(ids), skipped.count["object"], skipped.first,
-        )  # fmt: skip
-    if not entries:
-        raise ValueError(
-            f"{list_file}: all {len(ids)} images were left out; the first: {skipped.first}"
-        )
+    skipped.summarise(list_file, len(ids), len(entries), "bad or missing annotation file", "object")
     if classes is None:
         classes = sorted({name for *_, objects in entries for name, _, _ in objects})
     cat_id = {name: i for i, name in enumerate(classes, 1)}

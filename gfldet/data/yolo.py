@@ -232,7 +232,7 @@ def read_yolo(data_yaml: str | Path, img_dir: str | Path, skip_bad: bool = False
                 try:
                     c, cx, cy, w, h = _parse_line(parts, num_classes, data_yaml)
                 except _BadLine as e:
-                    skipped("line", f"{lbl}:{n}: {e}")
+                    skipped("label line", f"{lbl}:{n}: {e}")
                     continue
                 bw, bh = w * width, h * height
                 annotations.append({
@@ -243,16 +243,8 @@ def read_yolo(data_yaml: str | Path, img_dir: str | Path, skip_bad: bool = False
     finally:
         Image.MAX_IMAGE_PIXELS = saved_limit
 
-    if skipped.count:
-        log.warning(
-            "%s: left out %d of %d image(s) (unreadable image header or label file) and %d bad "
-            "label line(s) (data.skip_bad_images); the first: %s",
-            img_dir, skipped.count["image"], len(rel_paths), skipped.count["line"], skipped.first,
-        )  # fmt: skip
-    if not images:
-        raise ValueError(
-            f"{img_dir}: all {len(rel_paths)} images were left out; the first: {skipped.first}"
-        )
+    why = "unreadable image header or label file"
+    skipped.summarise(img_dir, len(rel_paths), len(images), why, "label line")
     categories = [{"id": i, "name": name} for i, name in enumerate(names, 1)]
     return {"images": images, "annotations": annotations, "categories": categories}
 

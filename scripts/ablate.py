@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from gfldet.config import load_config
-from gfldet.data.synth import write_shapes_dataset
+from gfldet.data.synth import shapes_overrides, write_shapes_dataset
 from gfldet.engine.trainer import train
 from gfldet.files import write_json_atomic
 
@@ -66,10 +66,7 @@ def data_overrides(data_dir: Path, num_train: int, num_val: int, img_size: int) 
     """Generates (or reuses) the shapes dataset and points data.train / data.val at it."""
     paths = write_shapes_dataset(data_dir, num_train=num_train, num_val=num_val,
                                  img_size=img_size)  # fmt: skip
-    return [
-        f"data.train.ann_file={paths['train_ann']}", f"data.train.img_dir={paths['train_img_dir']}",
-        f"data.val.ann_file={paths['val_ann']}", f"data.val.img_dir={paths['val_img_dir']}",
-    ]  # fmt: skip
+    return shapes_overrides(paths)
 
 
 def format_table(rows: list[dict]) -> str:

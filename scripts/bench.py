@@ -60,7 +60,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from gfldet.config import load_config
 from gfldet.data.coco import CocoDetection
 from gfldet.data.loader import build_dataloader, build_dataset
-from gfldet.data.synth import shapes_paths, write_shapes_dataset
+from gfldet.data.synth import shapes_overrides, shapes_paths, write_shapes_dataset
 from gfldet.data.transforms import TestTransform
 from gfldet.engine.evaluator import coco_evaluate
 from gfldet.engine.optim import build_optimizer
@@ -614,10 +614,7 @@ def shapes_config(data: Path, overrides: tuple[str, ...] = ()) -> dict:
         print(f"generating the shapes dataset in {data} ...", flush=True)
         write_shapes_dataset(data)
     return load_config(DEMO, [
-        f"data.train.ann_file={paths['train_ann']}",
-        f"data.train.img_dir={paths['train_img_dir']}",
-        f"data.val.ann_file={paths['val_ann']}",
-        f"data.val.img_dir={paths['val_img_dir']}", *overrides,
+        *shapes_overrides(paths), *overrides,
     ])  # fmt: skip
 
 

@@ -64,7 +64,7 @@ from torchvision.models.detection.fcos import (
 
 from gfldet.config import load_config
 from gfldet.data.loader import build_dataloader
-from gfldet.data.synth import shapes_paths, write_shapes_dataset
+from gfldet.data.synth import shapes_overrides, shapes_paths, write_shapes_dataset
 from gfldet.engine.evaluator import coco_evaluate, predict_dataset
 from gfldet.engine.optim import build_optimizer, lr_at
 from gfldet.engine.records import detections_to_coco
@@ -238,12 +238,7 @@ def data_overrides(data: Path) -> list[str]:
     if not paths["train_ann"].is_file():
         print(f"generating the shapes dataset in {data} ...", flush=True)
         write_shapes_dataset(data)
-    return [
-        f"data.train.ann_file={paths['train_ann']}",
-        f"data.train.img_dir={paths['train_img_dir']}",
-        f"data.val.ann_file={paths['val_ann']}",
-        f"data.val.img_dir={paths['val_img_dir']}",
-    ]
+    return shapes_overrides(paths)
 
 
 def fmt(v: float | None) -> str:

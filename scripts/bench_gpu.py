@@ -94,7 +94,7 @@ from bench import (  # noqa: E402
 )
 
 from gfldet.config import load_config  # noqa: E402
-from gfldet.data.synth import shapes_paths, write_shapes_dataset  # noqa: E402
+from gfldet.data.synth import shapes_overrides, shapes_paths, write_shapes_dataset  # noqa: E402
 from gfldet.data.transforms import collate_batch  # noqa: E402
 from gfldet.engine.checkpoint import load_checkpoint  # noqa: E402
 from gfldet.engine.optim import build_optimizer  # noqa: E402
@@ -508,8 +508,7 @@ def bench_torchrun(sz: Sizes, device: torch.device, res: dict, tmp: Path) -> Non
     paths = write_shapes_dataset(tmp / "shapes", **sz.torchrun_data)
     work = tmp / "work"
     sets = [
-        f"data.train.ann_file={paths['train_ann']}", f"data.train.img_dir={paths['train_img_dir']}",
-        f"data.val.ann_file={paths['val_ann']}", f"data.val.img_dir={paths['val_img_dir']}",
+        *shapes_overrides(paths),
         f"device={device.type}", "train.amp=true", "train.ema=true", "train.sync_bn=true",
         "train.eval_interval=0", "train.log_interval=1", "train.warmup_iters=5",
         *sz.torchrun_set,

@@ -18,6 +18,7 @@ from torch import nn
 import gfldet
 from gfldet.cli import main
 from gfldet.config import DEFAULTS, load_config
+from gfldet.data.synth import shapes_overrides
 from gfldet.engine.checkpoint import load_model_weights
 from gfldet.export import check_onnx, export_onnx
 from gfldet.model.backbones import TorchvisionBackbone, load_backbone_weights
@@ -205,9 +206,7 @@ def test_the_extending_example_plugs_in(shapes, tmp_path, monkeypatch, capsys):
     work = tmp_path / "w"
     sets = [f"work_dir={work}", "model.backbone.type=my_backbone:TinyBackbone",
             "model.backbone.kwargs={width: 8}",
-            f"data.train.ann_file={shapes['train_ann']}",
-            f"data.train.img_dir={shapes['train_img_dir']}",
-            f"data.val.ann_file={shapes['val_ann']}", f"data.val.img_dir={shapes['val_img_dir']}",
+            *shapes_overrides(shapes),
             "data.train.img_scale=[64,64]", "data.val.img_scale=[64,64]",
             "data.train.num_workers=0", "data.val.num_workers=0", "train.max_iters=2",
             "train.epochs=1", "model.test.score_thr=0.001"]  # fmt: skip

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gfldet.cli import main
-from gfldet.data.synth import write_shapes_dataset
+from gfldet.data.synth import shapes_overrides, write_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "shapes_demo.yaml")
@@ -23,10 +23,7 @@ def tiny(tmp_path_factory):
         root / "shapes", num_train=8, num_val=4, img_size=96, max_size=48, max_objects=4
     )
     sets = [
-        f"data.train.ann_file={paths['train_ann']}",
-        f"data.train.img_dir={paths['train_img_dir']}",
-        f"data.val.ann_file={paths['val_ann']}",
-        f"data.val.img_dir={paths['val_img_dir']}",
+        *shapes_overrides(paths),
         "data.train.img_scale=[96,96]",
         "data.val.img_scale=[96,96]",
         "data.train.batch_size=2",

@@ -15,6 +15,7 @@ import pytest
 
 from gfldet.cli import main
 from gfldet.data.coco import read_coco_json
+from gfldet.data.synth import shapes_overrides
 from gfldet.data.voc import write_voc
 from gfldet.data.yolo import write_yolo
 
@@ -127,10 +128,7 @@ def check(args: list[str], capsys) -> tuple[int, str]:
 
 
 def test_data_check_finds_every_problem_and_passes_clean_data(shapes, tmp_path, capsys):
-    clean = [f"data.train.ann_file={shapes['train_ann']}",
-             f"data.train.img_dir={shapes['train_img_dir']}",
-             f"data.val.ann_file={shapes['val_ann']}",
-             f"data.val.img_dir={shapes['val_img_dir']}"]  # fmt: skip
+    clean = [*shapes_overrides(shapes)]  # fmt: skip
     rc, out = check(clean, capsys)
     assert rc == 0 and out.strip().endswith("OK: training and evaluation can read this data")
     assert "train (coco," in out and "8 images" in out
@@ -237,9 +235,7 @@ def test_convert_from_coco_refuses_what_the_loader_refuses(tmp_path, capsys, cas
 
 def test_infer_on_a_video(shapes, tmp_path, capsys):
     work = tmp_path / "w"
-    sets = [*TINY, f"data.train.ann_file={shapes['train_ann']}",
-            f"data.train.img_dir={shapes['train_img_dir']}",
-            f"data.val.ann_file={shapes['val_ann']}", f"data.val.img_dir={shapes['val_img_dir']}",
+    sets = [*TINY, *shapes_overrides(shapes),
             "train.eval_interval=0"]  # fmt: skip
     assert main(["train", "--config", DEMO, "--set", *sets, f"work_dir={work}"]) == 0
     video = tmp_path / "clip.mp4"
@@ -264,9 +260,7 @@ def test_infer_on_a_video(shapes, tmp_path, capsys):
 
 def test_results_csv_and_tensorboard(shapes, tmp_path, monkeypatch, capsys):
     work = tmp_path / "w"
-    sets = [*TINY, f"data.train.ann_file={shapes['train_ann']}",
-            f"data.train.img_dir={shapes['train_img_dir']}",
-            f"data.val.ann_file={shapes['val_ann']}", f"data.val.img_dir={shapes['val_img_dir']}",
+    sets = [*TINY, *shapes_overrides(shapes),
             "train.max_iters=null", "train.epochs=2", "train.eval_interval=1",
             "train.tensorboard=true"]  # fmt: skip
     assert main(["train", "--config", DEMO, "--set", *sets, f"work_dir={work}"]) == 0
@@ -288,9 +282,7 @@ def test_results_csv_and_tensorboard(shapes, tmp_path, monkeypatch, capsys):
 
 
 def test_init_from_starts_a_new_run_from_a_checkpoint(shapes, tmp_path, capsys):
-    data = [f"data.train.ann_file={shapes['train_ann']}",
-            f"data.train.img_dir={shapes['train_img_dir']}",
-            f"data.val.ann_file={shapes['val_ann']}", f"data.val.img_dir={shapes['val_img_dir']}",
+    data = [*shapes_overrides(shapes),
             "train.eval_interval=0"]  # fmt: skip
     first = tmp_path / "first"
     assert main(["train", "--config", DEMO, "--set", *TINY, *data, f"work_dir={first}"]) == 0
@@ -308,9 +300,7 @@ def test_init_from_starts_a_new_run_from_a_checkpoint(shapes, tmp_path, capsys):
 
 
 def test_data_stats_from_the_command_line(shapes, tmp_path, capsys):
-    data = [f"data.train.ann_file={shapes['train_ann']}",
-            f"data.train.img_dir={shapes['train_img_dir']}",
-            f"data.val.ann_file={shapes['val_ann']}", f"data.val.img_dir={shapes['val_img_dir']}",
+    data = [*shapes_overrides(shapes),
             "data.train.img_scale=[64,64]"]  # fmt: skip
     out = tmp_path / "stats"
     assert main(["data", "stats", "--config", DEMO, "--out", str(out), "--set", *data]) == 0

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from gfldet.config import load_config
-from gfldet.data.synth import write_shapes_dataset
+from gfldet.data.synth import shapes_overrides, write_shapes_dataset
 from gfldet.data.transforms import collate_batch
 from gfldet.engine.checkpoint import load_checkpoint
 from gfldet.engine.evaluator import gather_detections
@@ -85,8 +85,7 @@ def tiny_sets(paths: dict, work: Path) -> list[str]:
     it, which at a score of 0.01 would make the first steps depend on how the batch is split."""
     return [
         f"work_dir={work}",
-        f"data.train.ann_file={paths['train_ann']}", f"data.train.img_dir={paths['train_img_dir']}",
-        f"data.val.ann_file={paths['val_ann']}", f"data.val.img_dir={paths['val_img_dir']}",
+        *shapes_overrides(paths),
         "data.train.img_scale=[64,64]", "data.val.img_scale=[64,64]",
         "data.train.batch_size=2", "data.val.batch_size=1",
         "data.train.num_workers=0", "data.val.num_workers=0",
@@ -178,7 +177,7 @@ def test_torchrun_with_one_process_joins_a_process_group(monkeypatch):
         # The last collective's work, tensors included, outlives the call: a gloo worker
         # thread that released them last would need the GIL, and if the interpreter is exiting
         # then, the process aborts (SIGABRT, "terminate called without an active exception";
-        # seen in about 1 torchrun exit in 10 before the handle was kept).
+        # 2 of 29 two-process torchrun trainings before the handle was kept).
         (work,) = gdist._last_work
         assert work.is_completed() and work.result()[0].tolist() == [1.0, 2.0]
         assert gdist.reduce_mean(torch.tensor([4.0])).item() == 4.0

@@ -14,6 +14,7 @@ from test_interop import mmdet_gfl_state
 import gfldet
 from gfldet.cli import main
 from gfldet.config import DEFAULTS, load_config
+from gfldet.data.synth import shapes_overrides
 from gfldet.engine.checkpoint import load_checkpoint, load_model_weights
 from gfldet.interop.mmdet import COCO_CLASSES, convert_state
 from gfldet.model.build import build_model
@@ -166,9 +167,7 @@ def test_gflv2_trains_evaluates_infers_and_exports(shapes, tmp_path, capsys):
     sets = [f"work_dir={work}", "model.head.quality=dgqp", "model.backbone.base_width=8",
             "model.neck.out_channels=16", "model.head.feat_channels=16",
             "model.head.stacked_convs=1", "model.head.num_groups=4", "model.test.score_thr=0.001",
-            f"data.train.ann_file={shapes['train_ann']}",
-            f"data.train.img_dir={shapes['train_img_dir']}",
-            f"data.val.ann_file={shapes['val_ann']}", f"data.val.img_dir={shapes['val_img_dir']}",
+            *shapes_overrides(shapes),
             "data.train.img_scale=[64,64]", "data.val.img_scale=[64,64]",
             "data.train.num_workers=0", "data.val.num_workers=0", "train.max_iters=2"]  # fmt: skip
     demo = str(ROOT / "configs" / "shapes_demo.yaml")

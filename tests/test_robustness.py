@@ -16,6 +16,7 @@ import torch
 from gfldet.cli import main
 from gfldet.data import coco
 from gfldet.data.coco import BadImageError, CocoDetection, load_image
+from gfldet.data.synth import shapes_overrides
 from gfldet.data.transforms import TestTransform, collate_batch
 from gfldet.engine.trainer import train
 
@@ -238,8 +239,7 @@ def test_boxes_outside_the_image_are_clipped_or_dropped_and_counted(tmp_path, wa
 def tiny_sets(paths: dict, work: Path, *extra: str) -> list[str]:
     return [
         f"work_dir={work}",
-        f"data.train.ann_file={paths['train_ann']}", f"data.train.img_dir={paths['train_img_dir']}",
-        f"data.val.ann_file={paths['val_ann']}", f"data.val.img_dir={paths['val_img_dir']}",
+        *shapes_overrides(paths),
         "data.train.img_scale=[64,64]", "data.val.img_scale=[64,64]",
         "data.train.batch_size=2", "data.train.num_workers=0", "data.val.num_workers=0",
         "model.backbone.base_width=8", "model.neck.out_channels=16", "model.head.feat_channels=16",

@@ -18,6 +18,7 @@ import torch
 
 from gfldet.cli import main
 from gfldet.config import load_config
+from gfldet.data.synth import shapes_overrides
 from gfldet.engine.checkpoint import (
     link_checkpoint,
     load_checkpoint,
@@ -37,8 +38,7 @@ def tiny_sets(paths: dict, work: Path, *extra: str) -> list[str]:
     """--set items: a tiny model on the tiny dataset, 4 iterations per epoch, no evaluation."""
     return [
         f"work_dir={work}",
-        f"data.train.ann_file={paths['train_ann']}", f"data.train.img_dir={paths['train_img_dir']}",
-        f"data.val.ann_file={paths['val_ann']}", f"data.val.img_dir={paths['val_img_dir']}",
+        *shapes_overrides(paths),
         "data.train.img_scale=[64,64]", "data.val.img_scale=[64,64]",
         "data.train.ms_short_range=[48,64]", "data.train.batch_size=2",
         "data.train.num_workers=0", "data.val.num_workers=0",

@@ -334,6 +334,17 @@ def shapes_paths(out_dir: str | Path) -> dict[str, Path]:
     }
 
 
+def shapes_overrides(paths: dict[str, Path]) -> list[str]:
+    """`--set` items that point a config's data.train and data.val at a dataset laid out as
+    `paths` (what shapes_paths and write_shapes_dataset return)."""
+    return [
+        f"data.train.ann_file={paths['train_ann']}",
+        f"data.train.img_dir={paths['train_img_dir']}",
+        f"data.val.ann_file={paths['val_ann']}",
+        f"data.val.img_dir={paths['val_img_dir']}",
+    ]
+
+
 def _is_cached(out_dir: Path, meta: dict[str, int]) -> bool:
     """True when ``out_dir`` holds a complete dataset generated with exactly ``meta``."""
     try:

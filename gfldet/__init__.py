@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "GFL": "gfldet.model.detector",
     "build_model": "gfldet.model.build",
-    "Predictor": "gfldet.engine.predictor",
+    "Predictor": "gfldet.inference.predictor",
 }
 
 

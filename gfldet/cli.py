@@ -24,7 +24,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
-    from .engine.trainer import train
+    from .training.trainer import train
 
     overrides = list(a.set) + ([f"work_dir={a.work_dir}"] if a.work_dir else [])
     cfg = load_config(a.config, overrides)
@@ -33,11 +33,11 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
+    from .core.dist import init_distributed, rank, shutdown, world_size
+    from .core.runtime import resolve_device, setup_logging
     from .data.loader import build_dataloader, build_dataset
-    from .dist import init_distributed, rank, shutdown, world_size
-    from .engine.evaluator import evaluate, format_metrics
-    from .engine.predictor import load_trained_model
-    from .engine.runtime import resolve_device, setup_logging
+    from .evaluation.evaluator import evaluate, format_metrics
+    from .inference.predictor import load_trained_model
 
     cfg = load_config(a.config, a.set)
     device = resolve_device(cfg["device"])
@@ -74,9 +74,9 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
 
 def _cmd_infer(a: argparse.Namespace) -> int:
-    from .engine.infer import expand_inputs, infer_images
-    from .engine.predictor import Predictor
-    from .engine.video import infer_video, split_inputs, video_output_path
+    from .inference.infer import expand_inputs, infer_images
+    from .inference.predictor import Predictor
+    from .inference.video import infer_video, split_inputs, video_output_path
 
     if not (math.isfinite(a.score_thr) and 0 <= a.score_thr <= 1):
         raise ValueError(f"--score-thr must be a number in [0, 1], got {a.score_thr}")
@@ -123,8 +123,8 @@ def _cmd_infer(a: argparse.Namespace) -> int:
 def _cmd_export(a: argparse.Namespace) -> int:
     import torch
 
-    from .engine.predictor import load_trained_model
-    from .export import check_onnx, default_img_size, export_onnx, onnx_opset_range
+    from .inference.export import check_onnx, default_img_size, export_onnx, onnx_opset_range
+    from .inference.predictor import load_trained_model
 
     lo, hi = onnx_opset_range()
     if not lo <= a.opset <= hi:
@@ -159,7 +159,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 
 def _cmd_convert_mmdet(a: argparse.Namespace) -> int:
-    from .engine.checkpoint import load_model_weights, save_checkpoint
+    from .core.checkpoint import load_model_weights, save_checkpoint
     from .interop.mmdet import convert_mmdet
 
     if a.set and not a.config:
@@ -173,7 +173,7 @@ def _cmd_convert_mmdet(a: argparse.Namespace) -> int:
         f"({', '.join(state['classes'][:3])}, ...); {arch}, bin width {meta['bin_width']}"
     )
     if a.config:
-        from .engine.runtime import resolve_num_classes
+        from .core.runtime import resolve_num_classes
         from .model.build import build_model
 
         cfg = load_config(a.config, a.set)
@@ -192,7 +192,7 @@ def _cmd_convert_mmdet(a: argparse.Namespace) -> int:
 
 
 def _cmd_curves(a: argparse.Namespace) -> int:
-    from .engine.curves import write_training_curves
+    from .training.curves import write_training_curves
 
     print(f"wrote {write_training_curves(a.work_dir)}")
     return 0
@@ -205,10 +205,10 @@ def _cmd_synth(a: argparse.Namespace) -> int:
 
 
 def _cmd_convert(a: argparse.Namespace) -> int:
+    from .core.files import write_json_atomic
     from .data.loader import read_annotations
     from .data.voc import write_voc
     from .data.yolo import write_yolo
-    from .files import write_json_atomic
 
     if a.src_format == a.dst_format:
         raise ValueError(f"--from and --to are both {a.src_format}: nothing to convert")
@@ -249,7 +249,7 @@ def _cmd_check(a: argparse.Namespace) -> int:
 
 
 def _cmd_stats(a: argparse.Namespace) -> int:
-    from .engine.data_stats import dataset_statistics, format_statistics
+    from .data.stats import dataset_statistics, format_statistics
 
     if a.max_images is not None and a.max_images < 1:
         raise ValueError(f"--max-images must be >= 1, got {a.max_images}")

@@ -1,8 +1,8 @@
 """YAML configs: defaults, `_base_` inheritance, `--set` overrides and validation.
 
 A config is a plain nested dict. Its schema is declared where each part lives, as typed option
-dataclasses (gfldet.options): `model.*` in gfldet/model/options.py, `data.*` in
-gfldet/data/options.py, `train.*` in gfldet/engine/options.py, and the top-level keys below.
+dataclasses (gfldet.core.options): `model.*` in gfldet/model/options.py, `data.*` in
+gfldet/data/options.py, `train.*` in gfldet/training/options.py, and the top-level keys below.
 Files only override defaults; a key not in the schema, a value of the wrong type or out of its
 range, a duplicate key, or a combination of switches that does not fit is an error naming the
 dotted key and the file (and line) it came from.
@@ -18,11 +18,7 @@ from typing import Any
 
 import yaml
 
-from .data.options import DataOptions
-from .engine.options import TrainOptions
-from .model.options import ModelOptions
-from .model.options import check_model_options as _check_model
-from .options import (
+from .core.options import (
     OptionError,
     defaults_of,
     fields_of,
@@ -32,6 +28,10 @@ from .options import (
     section,
     value_problem,
 )
+from .data.options import DataOptions
+from .model.options import ModelOptions
+from .model.options import check_model_options as _check_model
+from .training.options import TrainOptions
 
 # `device`: auto (a GPU when there is one), cpu, cuda, cuda:N or mps.
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")

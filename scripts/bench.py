@@ -58,18 +58,18 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from gfldet.config import load_config
+from gfldet.core.files import write_json_atomic
 from gfldet.data.coco import CocoDetection
 from gfldet.data.loader import build_dataloader, build_dataset
 from gfldet.data.synth import shapes_overrides, shapes_paths, write_shapes_dataset
 from gfldet.data.transforms import TestTransform
-from gfldet.engine.evaluator import coco_evaluate
-from gfldet.engine.optim import build_optimizer
-from gfldet.files import write_json_atomic
+from gfldet.evaluation.evaluator import coco_evaluate
 from gfldet.model.atss import atss_assign
 from gfldet.model.box_ops import grid_points, square_anchors
 from gfldet.model.build import build_model
 from gfldet.model.detector import GFL
 from gfldet.model.fuse import prepare_for_inference
+from gfldet.training.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "gfl_r50_fpn_1x_coco.yaml"
@@ -102,7 +102,7 @@ DEFINITIONS = {
     "postprocess_share_random": "the same with the random weights' scores (almost none pass)",
     "loader_wait_share": "share of the demo model's training time spent waiting for batches "
     "of the training loader with 2 workers",
-    "coco_eval_s": "seconds of gfldet.engine.evaluator.coco_evaluate on the shapes val set "
+    "coco_eval_s": "seconds of gfldet.evaluation.evaluator.coco_evaluate on the shapes val set "
     "with 100 synthetic detections per image",
     "lite_ratio_ssdlite": "gfldet-lite latency / torchvision SSDlite320-MobileNetV3's, batch 1, "
     "320x320 uint8 RGB in, detections out (gfldet: gfldet.Predictor with scores arranged so "
@@ -375,8 +375,8 @@ def bench_infer(sz: Sizes, repeats: int, warmup: int, out: dict) -> None:
 def bench_lite(sz: Sizes, repeats: int, warmup: int, out: dict, tmp: Path) -> None:
     """gfldet-lite through gfldet.Predictor (a checkpoint of random weights, as users run it)
     vs torchvision's real-time detectors, from the same uint8 RGB image."""
-    from gfldet.engine.checkpoint import save_checkpoint
-    from gfldet.engine.predictor import Predictor
+    from gfldet.core.checkpoint import save_checkpoint
+    from gfldet.inference.predictor import Predictor
     from gfldet.model.fuse import prepare_for_inference as prepare
 
     h, w = sz.lite_hw

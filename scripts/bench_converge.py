@@ -15,7 +15,7 @@ Both detectors get the demo config's ResNet + FPN (configs/shapes_demo.yaml; the
 code, the same initial weights), the same training loader (data order, augmentation, batch,
 workers), the same optimizer and the same wall-clock budget (--minutes each, counted from the
 first training step and including data loading), then the same COCO evaluator
-(gfldet.engine.evaluator.coco_evaluate) on the shapes val set. What differs is the method:
+(gfldet.evaluation.evaluator.coco_evaluate) on the shapes val set. What differs is the method:
 GFL's head, ATSS, QFL + DFL + GIoU against FCOS's head, centre sampling, focal + GIoU +
 centerness losses.
 
@@ -26,7 +26,7 @@ only as a point and as the unit of its per-level size ranges); the head has the 
 depth, width and GroupNorm groups and prior_prob; the test settings (nms_pre, score threshold,
 NMS IoU, detections per image) are gfldet's.
 
-The budget: gfldet trains with its own Trainer (gfldet.engine.trainer), whose `train_step` is
+The budget: gfldet trains with its own Trainer (gfldet.training.trainer), whose `train_step` is
 extended (`BudgetTrainer`) to take the learning rate from the shared time-based schedule and
 to set train.max_iters to the current iteration once the budget is spent, so the trainer stops
 after that step as it does for max_iters; the peer trains in `train_peer`, a loop of the same steps.
@@ -63,14 +63,14 @@ from torchvision.models.detection.fcos import (
 )
 
 from gfldet.config import load_config
+from gfldet.core.files import write_json_atomic
+from gfldet.core.records import detections_to_coco
 from gfldet.data.loader import build_dataloader
 from gfldet.data.synth import shapes_overrides, shapes_paths, write_shapes_dataset
-from gfldet.engine.evaluator import coco_evaluate, predict_dataset
-from gfldet.engine.optim import build_optimizer, lr_at
-from gfldet.engine.records import detections_to_coco
-from gfldet.engine.trainer import Trainer
-from gfldet.files import write_json_atomic
+from gfldet.evaluation.evaluator import coco_evaluate, predict_dataset
 from gfldet.model.build import build_model
+from gfldet.training.optim import build_optimizer, lr_at
+from gfldet.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "shapes_demo.yaml"

@@ -94,14 +94,14 @@ from bench import (  # noqa: E402
 )
 
 from gfldet.config import load_config  # noqa: E402
+from gfldet.core.checkpoint import load_checkpoint  # noqa: E402
+from gfldet.core.files import write_json_atomic  # noqa: E402
+from gfldet.core.runtime import resolve_device  # noqa: E402
 from gfldet.data.synth import shapes_overrides, shapes_paths, write_shapes_dataset  # noqa: E402
 from gfldet.data.transforms import collate_batch  # noqa: E402
-from gfldet.engine.checkpoint import load_checkpoint  # noqa: E402
-from gfldet.engine.optim import build_optimizer  # noqa: E402
-from gfldet.engine.runtime import resolve_device  # noqa: E402
-from gfldet.engine.trainer import Trainer  # noqa: E402
-from gfldet.files import write_json_atomic  # noqa: E402
 from gfldet.model.fuse import prepare_for_inference  # noqa: E402
+from gfldet.training.optim import build_optimizer  # noqa: E402
+from gfldet.training.trainer import Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("infer", "train", "torchrun", "demo")

@@ -44,10 +44,10 @@ from typing import Any
 import torch
 
 from gfldet.config import load_config
+from gfldet.core.checkpoint import load_checkpoint
+from gfldet.core.files import write_json_atomic
 from gfldet.data.synth import CLASSES, shapes_paths, write_shapes_dataset
-from gfldet.engine.checkpoint import load_checkpoint
-from gfldet.engine.trainer import train
-from gfldet.files import write_json_atomic
+from gfldet.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "shapes_demo.yaml"

@@ -10,7 +10,7 @@ writes to --out (default docs/images):
     insight_edges.png         one detection's four edge distributions (the paper's Fig. 3)
     insight_calibration.png   reliability of scores as IoU predictors (`gfldet eval`)
     insight_pr_curves.png     precision-recall per class (`gfldet eval`, first class group)
-    insight_curves.png        training curves (gfldet.engine.curves)
+    insight_curves.png        training curves (gfldet.training.curves)
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import numpy as np
 
 from gfldet.cli import main as gfldet_main
 from gfldet.config import load_config
+from gfldet.core.draw import draw_detections
 from gfldet.data.coco import load_image
 from gfldet.data.transforms import rescale_size
-from gfldet.engine.curves import write_training_curves
-from gfldet.engine.predictor import Predictor
-from gfldet.engine.uncertainty import edge_uncertainty
-from gfldet.engine.visualize import draw_detections
+from gfldet.inference.predictor import Predictor
+from gfldet.inference.uncertainty import edge_uncertainty
+from gfldet.training.curves import write_training_curves
 
 MAX_BYTES = 300 * 1024
 EDGES = ("left", "top", "right", "bottom")

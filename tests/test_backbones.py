@@ -18,9 +18,9 @@ from torch import nn
 import gfldet
 from gfldet.cli import main
 from gfldet.config import DEFAULTS, load_config
+from gfldet.core.checkpoint import load_model_weights
 from gfldet.data.synth import shapes_overrides
-from gfldet.engine.checkpoint import load_model_weights
-from gfldet.export import check_onnx, export_onnx
+from gfldet.inference.export import check_onnx, export_onnx
 from gfldet.model.backbones import TorchvisionBackbone, load_backbone_weights
 from gfldet.model.build import BACKBONES, NECKS, build_model
 from gfldet.model.detector import GFL

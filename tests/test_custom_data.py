@@ -292,7 +292,7 @@ def test_init_from_starts_a_new_run_from_a_checkpoint(shapes, tmp_path, capsys):
                  f"model.init_from={ckpt}"]) == 0  # fmt: skip
     log = (second / "train.log").read_text()
     assert f"init_from {ckpt}" in log and "head.gfl_cls loaded (the same 6 classes)" in log
-    from gfldet.engine.checkpoint import load_checkpoint
+    from gfldet.core.checkpoint import load_checkpoint
 
     state = load_checkpoint(second / "latest.pth")
     assert state["iter"] == 2 and state["epoch"] == 1  # a new run: counters from zero

@@ -1,4 +1,4 @@
-"""`gfldet data stats` (gfldet.engine.data_stats): counts from the annotation file, the ATSS
+"""`gfldet data stats` (gfldet.data.stats): counts from the annotation file, the ATSS
 assignment and edge distances checked against an independent per-image computation, the
 reg_max fit and its suggestion, the files, the image sample, other box representations.
 
@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from gfldet.config import load_config
+from gfldet.data.stats import dataset_statistics, format_statistics
 from gfldet.data.transforms import rescale_size
-from gfldet.engine.data_stats import dataset_statistics, format_statistics
 from gfldet.model.atss import atss_assign
 from gfldet.model.box_ops import bbox2distance, grid_points, square_anchors
 

@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from gfldet.config import load_config
+from gfldet.core.checkpoint import load_checkpoint
 from gfldet.data.synth import shapes_overrides, write_shapes_dataset
 from gfldet.data.transforms import collate_batch
-from gfldet.engine.checkpoint import load_checkpoint
-from gfldet.engine.evaluator import gather_detections
-from gfldet.engine.trainer import Trainer, unwrap
+from gfldet.evaluation.evaluator import gather_detections
+from gfldet.training.trainer import Trainer, unwrap
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "shapes_demo.yaml")
@@ -39,12 +39,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from gfldet import dist as gdist
+from gfldet.core import dist as gdist
 from gfldet.cli import main
 from gfldet.config import load_config
 from gfldet.data.transforms import collate_batch
-from gfldet.engine.evaluator import gather_detections
-from gfldet.engine.trainer import Trainer, unwrap
+from gfldet.evaluation.evaluator import gather_detections
+from gfldet.training.trainer import Trainer, unwrap
 
 out, config, sets = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 trainer = Trainer(load_config(config, sets))  # joins the process group torchrun set up
@@ -160,7 +160,7 @@ def test_torchrun_with_one_process_joins_a_process_group(monkeypatch):
 
     import torch.distributed as dist
 
-    from gfldet import dist as gdist
+    from gfldet.core import dist as gdist
 
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))

@@ -1,4 +1,4 @@
-"""Tests for gfldet.engine.evaluator and gfldet.engine.visualize (tiny fakes, no real model)."""
+"""Tests for gfldet.evaluation.evaluator and gfldet.core.draw (tiny fakes, no real model)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from gfldet.engine.evaluator import coco_evaluate, format_metrics, predict_dataset
-from gfldet.engine.infer import expand_inputs
-from gfldet.engine.records import detections_to_coco, prediction_record, write_predictions_json
-from gfldet.engine.visualize import color_for_label, draw_detections
+from gfldet.core.draw import color_for_label, draw_detections
+from gfldet.core.records import detections_to_coco, prediction_record, write_predictions_json
+from gfldet.evaluation.evaluator import coco_evaluate, format_metrics, predict_dataset
+from gfldet.inference.infer import expand_inputs
 
 # Non-contiguous ids; "bird" (5) has no annotations at all.
 CAT_IDS = [2, 5, 9]
@@ -282,7 +282,7 @@ def test_quality_calibration_uses_coco_matching(coco_gt, tmp_path, capsys):
 def test_pr_curves_one_file_per_group_of_ten(tmp_path):
     from pycocotools.coco import COCO
 
-    from gfldet.engine import evaluator
+    from gfldet.evaluation import evaluator
 
     cats = [{"id": i, "name": f"c{i}"} for i in range(1, 13)]
     anns = [{"id": i, "image_id": 1, "category_id": i, "bbox": [5.0 * i, 5.0, 4.0, 4.0],

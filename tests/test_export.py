@@ -8,8 +8,8 @@ from torchvision.ops import batched_nms
 
 import gfldet
 from gfldet.cli import main
-from gfldet.engine.checkpoint import save_checkpoint
-from gfldet.export import DecodedGFL, check_onnx, export_onnx
+from gfldet.core.checkpoint import save_checkpoint
+from gfldet.inference.export import DecodedGFL, check_onnx, export_onnx
 
 ort = pytest.importorskip("onnxruntime")  # the optional "onnx" extra
 

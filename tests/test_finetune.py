@@ -11,10 +11,10 @@ import torch
 from test_interop import mmdet_gfl_state
 
 from gfldet.config import DEFAULTS
-from gfldet.engine.checkpoint import save_checkpoint
-from gfldet.engine.finetune import format_report, init_from_checkpoint, match_classes
+from gfldet.core.checkpoint import save_checkpoint
 from gfldet.interop.mmdet import COCO_CLASSES
 from gfldet.model.build import build_model
+from gfldet.training.finetune import format_report, init_from_checkpoint, match_classes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,8 +14,8 @@ from test_interop import mmdet_gfl_state
 import gfldet
 from gfldet.cli import main
 from gfldet.config import DEFAULTS, load_config
+from gfldet.core.checkpoint import load_checkpoint, load_model_weights
 from gfldet.data.synth import shapes_overrides
-from gfldet.engine.checkpoint import load_checkpoint, load_model_weights
 from gfldet.interop.mmdet import COCO_CLASSES, convert_state
 from gfldet.model.build import build_model
 from gfldet.model.fuse import prepare_for_inference

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from gfldet.cli import main
-from gfldet.engine.curves import read_log, write_training_curves
-from gfldet.engine.evaluator import _ranks, quality_calibration
-from gfldet.engine.records import prediction_record
-from gfldet.engine.uncertainty import edge_uncertainty
-from gfldet.engine.visualize import draw_detections, draw_edge_bands
+from gfldet.core.draw import draw_detections, draw_edge_bands
+from gfldet.core.records import prediction_record
+from gfldet.evaluation.evaluator import _ranks, quality_calibration
+from gfldet.inference.uncertainty import edge_uncertainty
+from gfldet.training.curves import read_log, write_training_curves
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

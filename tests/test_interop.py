@@ -10,8 +10,8 @@ import torch
 
 import gfldet
 from gfldet.cli import main
-from gfldet.engine.checkpoint import load_model_weights
-from gfldet.engine.predictor import load_trained_model
+from gfldet.core.checkpoint import load_model_weights
+from gfldet.inference.predictor import load_trained_model
 from gfldet.interop.mmdet import COCO_CAT_IDS, COCO_CLASSES, convert_mmdet, convert_state
 from gfldet.model.box_ops import grid_points
 

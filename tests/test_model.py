@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from gfldet.config import DEFAULTS
-from gfldet.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from gfldet.core.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from gfldet.model.backbones import ResNet, load_backbone_weights
 from gfldet.model.box_ops import aligned_box_iou, bbox2distance, distance2bbox, grid_points
 from gfldet.model.build import build_model

@@ -18,7 +18,7 @@ from gfldet.data import coco
 from gfldet.data.coco import BadImageError, CocoDetection, load_image
 from gfldet.data.synth import shapes_overrides
 from gfldet.data.transforms import TestTransform, collate_batch
-from gfldet.engine.trainer import train
+from gfldet.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "shapes_demo.yaml")

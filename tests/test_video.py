@@ -1,4 +1,4 @@
-"""Video and image-sequence inference (gfldet.engine.video) with a tiny untrained model.
+"""Video and image-sequence inference (gfldet.inference.video) with a tiny untrained model.
 
 Videos are generated here with cv2.VideoWriter: 12 frames of 64x48 at 10 fps, MPEG-4 Part 2
 (mp4v) in .mp4 and Motion JPEG in .avi, both of which opencv-python-headless writes and reads.
@@ -15,13 +15,13 @@ import pytest
 import torch
 
 import gfldet
+from gfldet.core.checkpoint import save_checkpoint
+from gfldet.core.records import prediction_record
 from gfldet.data.transforms import rescale_size
-from gfldet.engine import video
-from gfldet.engine.checkpoint import save_checkpoint
-from gfldet.engine.predictor import Predictor
-from gfldet.engine.records import prediction_record
-from gfldet.engine.uncertainty import edge_uncertainty
-from gfldet.engine.video import (
+from gfldet.inference import video
+from gfldet.inference.predictor import Predictor
+from gfldet.inference.uncertainty import edge_uncertainty
+from gfldet.inference.video import (
     infer_video,
     is_image_sequence,
     is_video,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..options import option, section
+from ..core.options import option, section
 
 # Annotation formats (gfldet.data.loader.read_annotations): COCO json, Pascal VOC, YOLO.
 FORMATS = ("coco", "voc", "yolo")

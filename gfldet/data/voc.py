@@ -48,8 +48,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from xml.parsers import expat
 
+from gfldet.core.files import atomic_open
 from gfldet.data.coco import CocoDetection
-from gfldet.files import atomic_open
 
 log = logging.getLogger("gfldet")
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
+from gfldet.core.files import atomic_open
 from gfldet.data.coco import IMAGE_EXTENSIONS
 from gfldet.data.voc import _anns_by_image, _place_image, _Skipped, check_coco
-from gfldet.files import atomic_open
 
 log = logging.getLogger("gfldet")
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..files import torch_load_safely
+from ..core.files import torch_load_safely
 
 # COCO 2017 detection categories in id order: MMDetection's CocoDataset.CLASSES and the
 # "categories" of instances_{train,val}2017.json.

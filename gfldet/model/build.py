@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from ..options import from_dict
+from ..core.options import from_dict
 from .backbones import ResNet, TorchvisionBackbone, load_backbone_weights
 from .detector import GFL
 from .head import GFLHead

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from ..dist import reduce_mean
+from ..core.dist import reduce_mean
 from .atss import atss_assign
 from .box_ops import (
     aligned_box_iou,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..options import OptionError, option, section
+from ..core.options import OptionError, option, section
 
 # Backbones by name (gfldet.model.build.BACKBONES builds them): gfldet's ResNet, and
 # torchvision classification networks. A "module:Class" type names a class of your own.
@@ -122,7 +122,7 @@ class TestOptions:
 class ModelOptions:
     num_classes: int | None = option(None, ge=1)  # taken from the training set when null
     # A new run starts from this detector checkpoint (gfldet's or MMDetection's), its class
-    # conv rows matched by class name (gfldet.engine.finetune); --resume continues a run.
+    # conv rows matched by class name (gfldet.training.finetune); --resume continues a run.
     init_from: str | None = option(None)
     backbone: BackboneOptions = section(BackboneOptions)
     neck: NeckOptions = section(NeckOptions)

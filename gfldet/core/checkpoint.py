@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..files import atomic_open, torch_load_safely
+from .files import atomic_open, torch_load_safely
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .model.box_ops import distance2bbox, grid_points
-from .model.detector import GFL
+from ..model.box_ops import distance2bbox, grid_points
+from ..model.detector import GFL
 
 INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.checkpoint import load_checkpoint, load_model_weights
+from ..core.runtime import resolve_device, resolve_num_classes
 from ..data.coco import load_image
 from ..data.transforms import TestTransform, collate_batch
 from ..model.build import build_model
 from ..model.detector import GFL
 from ..model.fuse import prepare_for_inference
-from .checkpoint import load_checkpoint, load_model_weights
-from .runtime import resolve_device, resolve_num_classes
 from .uncertainty import edge_uncertainty
 
 log = logging.getLogger("gfldet")
@@ -89,7 +89,7 @@ class Predictor:
     (0..C-1), `category_ids` [K] (the dataset's ids) and `names` (list of class names). Models
     with edge distributions (model.head.box general) add `dists` [K, 4, n+1], `strides` [K],
     and their summaries `edge_std` [K, 4] (original pixels, as the boxes) and `edge_top2`
-    [K, 4] (see gfldet.engine.uncertainty).
+    [K, 4] (see gfldet.inference.uncertainty).
     """
 
     def __init__(

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import dist as gdist
-from ..files import atomic_open, write_json_atomic
-from .records import detections_to_coco
+from ..core import dist as gdist
+from ..core.files import atomic_open, write_json_atomic
+from ..core.records import detections_to_coco
 
 log = logging.getLogger("gfldet")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import atomic_open
+from ..core.files import atomic_open
 
 VAL_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

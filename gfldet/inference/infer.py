@@ -1,5 +1,5 @@
 """`gfldet infer` on image files: detections drawn into copies of the images, and
-predictions.json. (Videos and image sequences: gfldet.engine.video.)"""
+predictions.json. (Videos and image sequences: gfldet.inference.video.)"""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
+from ..core.draw import draw_detections
+from ..core.records import prediction_record, write_predictions_json
 from ..data.coco import IMAGE_EXTENSIONS, BadImageError, load_image
 from .predictor import Predictor
-from .records import prediction_record, write_predictions_json
-from .visualize import draw_detections
 
 log = logging.getLogger("gfldet")
 

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.checkpoint import load_checkpoint, rename_legacy_keys
 from ..interop.mmdet import COCO_CLASSES, checked_bin_width, load_mmdet_checkpoint, rename_keys
-from .checkpoint import load_checkpoint, rename_legacy_keys
 
 CLS_WEIGHT = "head.gfl_cls.weight"  # [C, F, 3, 3]: one row of F x 3 x 3 weights per class
 CLS_BIAS = "head.gfl_cls.bias"  # [C]

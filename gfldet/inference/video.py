@@ -26,10 +26,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..core.draw import draw_detections
+from ..core.files import json_safe
+from ..core.records import prediction_record
 from ..data.coco import IMAGE_EXTENSIONS
-from ..files import json_safe
-from .records import prediction_record
-from .visualize import draw_detections
 
 if TYPE_CHECKING:
     from .predictor import Predictor

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..options import option
+from ..core.options import option
 
 OPTIMIZERS = ("sgd", "adamw")
 

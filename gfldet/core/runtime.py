@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import dist as gdist
+from . import dist as gdist
 
 log = logging.getLogger("gfldet")
 LOG_FORMAT = ("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")

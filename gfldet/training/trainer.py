@@ -32,15 +32,9 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from .. import dist as gdist
 from ..config import dump_config
-from ..data.loader import build_dataloader, build_dataset
-from ..data.transforms import collate_batch
-from ..dist import init_distributed
-from ..model.build import build_model
-from ..model.detector import GFL
-from ..model.fuse import prepare_for_inference
-from .checkpoint import (
+from ..core import dist as gdist
+from ..core.checkpoint import (
     link_checkpoint,
     load_checkpoint,
     load_model_weights,
@@ -49,13 +43,9 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .curves import write_training_curves
-from .evaluator import evaluate, format_metrics
-from .finetune import format_report, init_from_checkpoint
-from .optim import build_optimizer, lr_at
-from .run_dir import check_work_dir, move_run_aside, new_run_problem
-from .run_logs import VAL_KEYS, TensorBoard, write_results_csv
-from .runtime import (
+from ..core.dist import init_distributed
+from ..core.draw import draw_detections
+from ..core.runtime import (
     configure_determinism,
     resolve_device,
     resolve_num_classes,
@@ -63,7 +53,17 @@ from .runtime import (
     setup_logging,
     start_log_file,
 )
-from .visualize import draw_detections
+from ..data.loader import build_dataloader, build_dataset
+from ..data.transforms import collate_batch
+from ..evaluation.evaluator import evaluate, format_metrics
+from ..model.build import build_model
+from ..model.detector import GFL
+from ..model.fuse import prepare_for_inference
+from .curves import write_training_curves
+from .finetune import format_report, init_from_checkpoint
+from .optim import build_optimizer, lr_at
+from .run_dir import check_work_dir, move_run_aside, new_run_problem
+from .run_logs import VAL_KEYS, TensorBoard, write_results_csv
 
 __all__ = ["Trainer", "TrainingInterrupted", "train"]
 

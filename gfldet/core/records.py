@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..files import write_json_atomic
+from .files import write_json_atomic
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -48,7 +48,7 @@ def prediction_record(
 
     ``image_shape`` is ``(height, width[, channels])``; only detections with
     ``score >= score_thr`` are kept. When ``det`` holds ``edge_std`` / ``edge_top2`` [K, 4]
-    (see gfldet.engine.uncertainty), each detection gets them as 4-lists (left, top, right,
+    (see gfldet.inference.uncertainty), each detection gets them as 4-lists (left, top, right,
     bottom; std in pixels).
     """
     boxes = to_numpy(det["boxes"]).reshape(-1, 4)

@@ -49,14 +49,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.coco import CocoDetection
-from ..data.loader import build_dataset
-from ..data.transforms import rescale_size
-from ..files import write_json_atomic
+from ..core.files import write_json_atomic
+from ..core.plots import new_figure, save_png
 from ..model.atss import atss_assign
 from ..model.box_ops import bbox2distance, grid_points, square_anchors
 from ..model.build import build_model
-from .plots import new_figure, save_png
+from .coco import CocoDetection
+from .loader import build_dataset
+from .transforms import rescale_size
 
 log = logging.getLogger("gfldet")
 
@@ -800,7 +800,7 @@ def _wrap(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Plots (gfldet.engine.plots' figures: no display, no pyplot state)
+# Plots (gfldet.core.plots' figures: no display, no pyplot state)
 
 
 def plot_class_histogram(stats: dict[str, Any], path: str | Path) -> Path:

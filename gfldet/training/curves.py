@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .plots import new_figure, save_png
+from ..core.plots import new_figure, save_png
 
 
 def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:

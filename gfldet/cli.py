@@ -40,30 +40,30 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     from .inference.predictor import load_trained_model
 
     cfg = load_config(a.config, a.set)
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg.device)
     init_distributed(device)  # under torchrun every rank predicts a shard of the val set
     setup_logging()
-    d = cfg["data"]
+    d = cfg.data
     model, state = load_trained_model(cfg, a.checkpoint, device, fast=True)
     # A VOC split's classes are the checkpoint's (its own may lack some).
-    classes = d["classes"] or state.get("classes")
-    dataset = build_dataset(d["val"], False, d["skip_bad_images"], classes)
+    classes = d.classes or state.get("classes")
+    dataset = build_dataset(d.val, False, d.skip_bad_images, classes)
     ckpt_ids = state.get("cat_ids")
     if ckpt_ids is not None and [int(c) for c in ckpt_ids] != list(dataset.cat_ids):
         raise ValueError(
             f"{a.checkpoint} was trained on category ids {ckpt_ids[:10]}..., but "
-            f"{d['val']['ann_file']} has {list(dataset.cat_ids)[:10]}..."
+            f"{d.val.ann_file} has {list(dataset.cat_ids)[:10]}..."
         )
     if model.num_classes != dataset.num_classes:
         raise ValueError(
-            f"{a.checkpoint} predicts {model.num_classes} classes but {d['val']['ann_file']} "
+            f"{a.checkpoint} predicts {model.num_classes} classes but {d.val.ann_file} "
             f"has {dataset.num_classes}"
         )
     out_dir = Path(a.out_dir) if a.out_dir else Path(a.checkpoint).resolve().parent
     _check_writable(out_dir)
     loader = build_dataloader(
-        dataset, d["val"]["batch_size"], d["val"]["num_workers"], False, cfg["seed"],
-        world_size(), rank(), d["size_divisor"],
+        dataset, d.val.batch_size, d.val.num_workers, False, cfg.seed,
+        world_size(), rank(), d.size_divisor,
     )  # fmt: skip
     metrics = evaluate(model, loader, device, out_dir)
     if rank() == 0:
@@ -92,7 +92,7 @@ def _cmd_infer(a: argparse.Namespace) -> int:
     videos, rest = split_inputs(inputs)
     files = expand_inputs(rest, exclude=out_dir) if rest else []
     _check_writable(out_dir)
-    predictor = Predictor(cfg, a.checkpoint, cfg["device"])
+    predictor = Predictor(cfg, a.checkpoint, cfg.device)
     box = predictor.model.head.box
     if a.show_uncertainty and not box.has_distributions:
         raise ValueError(
@@ -113,7 +113,7 @@ def _cmd_infer(a: argparse.Namespace) -> int:
               f"{v['jsonl']}")  # fmt: skip
     if files:
         s = infer_images(predictor, files, out_dir, a.score_thr, a.show_uncertainty,
-                         cfg["data"]["skip_bad_images"])  # fmt: skip
+                         cfg.data.skip_bad_images)  # fmt: skip
         skipped = f", {s['skipped']} skipped as unreadable" if s["skipped"] else ""
         print(f"{s['images']} images{skipped}, {s['detections']} detections "
               f"(score >= {a.score_thr}) -> {out_dir}")  # fmt: skip
@@ -138,7 +138,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, a.set)
     model, _ = load_trained_model(cfg, a.checkpoint, torch.device("cpu"))
     img_size = tuple(a.img_size) if a.img_size else default_img_size(cfg)
-    div = cfg["data"]["size_divisor"]
+    div = cfg.data.size_divisor
     if any(v <= 0 or v % div for v in img_size):
         raise ValueError(
             f"--img-size {img_size[0]} {img_size[1]}: height and width must be positive "
@@ -177,14 +177,14 @@ def _cmd_convert_mmdet(a: argparse.Namespace) -> int:
         from .model.build import build_model
 
         cfg = load_config(a.config, a.set)
-        cfg["model"]["backbone"]["pretrained"] = None  # every weight comes from the checkpoint
+        cfg.model.backbone.pretrained = None  # every weight comes from the checkpoint
         resolve_num_classes(cfg, state["classes"], a.input)
-        if cfg["model"]["head"]["bin_width"] != meta["bin_width"]:
+        if cfg.model.head.bin_width != meta["bin_width"]:
             raise ValueError(
                 f"{a.input} has bins of width {meta['bin_width']} but {a.config} sets "
-                f"model.head.bin_width {cfg['model']['head']['bin_width']}"
+                f"model.head.bin_width {cfg.model.head.bin_width}"
             )
-        load_model_weights(build_model(cfg), state, a.output)  # strict: names and shapes
+        load_model_weights(build_model(cfg.model), state, a.output)  # strict: names and shapes
         print(f"loads into {a.config} with no missing or unexpected keys")
     save_checkpoint(state, a.output)
     print(f"wrote {a.output}")

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .core.files import write_yaml_atomic
 from .core.options import (
     OptionError,
     defaults_of,
@@ -26,6 +27,7 @@ from .core.options import (
     is_section,
     option,
     section,
+    to_dict,
     value_problem,
 )
 from .data.options import DataOptions
@@ -39,6 +41,8 @@ DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 @dataclass
 class Config:
+    """A whole config: the top-level keys and one typed section per job."""
+
     work_dir: str = option("work_dirs/default")
     seed: int = option(0, ge=0)
     device: str = option("auto")  # auto | cpu | cuda | cuda:N | mps
@@ -176,6 +180,9 @@ def _dotted_keys(d: dict, prefix: str = "") -> list[str]:
 RENAMED: dict[str, str] = {
     "model.fpn": "it is model.neck now (model.fpn.out_channels -> model.neck.out_channels)",
     "model.fpn.out_channels": "it is model.neck.out_channels now",
+    "data.mean": "it is model.mean now (the normalisation is part of the model)",
+    "data.std": "it is model.std now (the normalisation is part of the model)",
+    "model.head.anchor_scale": "it is model.assigner.anchor_scale now",
     "model.head.strides": "the strides follow from the backbone (8, 16, 32) and "
     "model.neck.extra_levels (2 adds 64 and 128): remove the key",
 }
@@ -261,10 +268,10 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """Loads a YAML config over DEFAULTS, resolving `_base_` files, then `--set` overrides.
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Loads a YAML config over the defaults, resolving `_base_` files, then `--set` overrides.
 
-    Returns a plain nested dict holding every key of the schema.
+    Returns the typed Config (every key of the schema, checked).
     """
     data, origin = _load_with_bases(Path(path))
     _check(data, Config, {}, "", origin)
@@ -274,7 +281,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
         origin.pop(".".join(parse_override(item)[0]), None)
     _check(cfg, Config, {}, "", origin)
     check_combinations(cfg, {**origin, **{k: "--set" for k in _override_keys(overrides)}})
-    return cfg
+    return from_dict(Config, cfg)
 
 
 def _override_keys(overrides: list[str]) -> list[str]:
@@ -287,6 +294,15 @@ def _override_keys(overrides: list[str]) -> list[str]:
     return keys
 
 
-def dump_config(cfg: dict, path: str | Path) -> None:
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """A Config from a (partial) nested dict, e.g. the one a checkpoint stores; every value and
+    combination checked as load_config checks a file's."""
+    _check(values, Config, {}, "", {})
+    cfg = _merge(copy.deepcopy(DEFAULTS), values)
+    check_combinations(cfg)
+    return from_dict(Config, cfg)
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
     """Writes the resolved config as YAML (loadable again with load_config)."""
-    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    write_yaml_atomic(to_dict(cfg), path)

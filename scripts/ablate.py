@@ -26,6 +26,7 @@ import torch
 
 from gfldet.config import load_config
 from gfldet.core.files import write_json_atomic
+from gfldet.core.options import to_dict
 from gfldet.data.synth import shapes_overrides, write_shapes_dataset
 from gfldet.training.trainer import train
 
@@ -53,7 +54,7 @@ def ablation_path(variant: str) -> Path:
 def switches(path: Path) -> list[str]:
     """The `--set` items of an ablation: its model.head / model.loss values that differ from
     the R-50 recipe."""
-    cfg, base = load_config(path)["model"], load_config(RECIPE)["model"]
+    cfg, base = to_dict(load_config(path).model), to_dict(load_config(RECIPE).model)
     items = []
     for section in SWITCH_SECTIONS:
         for key, value in cfg[section].items():
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         common.append(f"train.epochs={a.epochs}")
     if a.max_iters is not None:
         common.append(f"train.max_iters={a.max_iters}")
-    epochs = load_config(a.config, common)["train"]["epochs"]
+    epochs = load_config(a.config, common).train.epochs
     # Evaluate and checkpoint only at the end (the last epoch, or where max_iters stops).
     common += [f"train.eval_interval={epochs}", f"train.checkpoint_interval={epochs}"]
 
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = train(cfg)
         seconds = time.perf_counter() - start
         rows.append({
-            "variant": name, "switches": items, "work_dir": cfg["work_dir"],
+            "variant": name, "switches": items, "work_dir": cfg.work_dir,
             "metrics": {m: metrics.get(m) for m in METRICS}, "seconds": round(seconds, 1),
             # How well scores rank localisation quality (GFLv2's point): matched detections'
             # score-IoU correlations (see docs/insight.md).

@@ -61,6 +61,7 @@ from gfldet.config import load_config
 from gfldet.core.files import write_json_atomic
 from gfldet.data.coco import CocoDetection
 from gfldet.data.loader import build_dataloader, build_dataset
+from gfldet.data.options import ValSplitOptions
 from gfldet.data.synth import shapes_overrides, shapes_paths, write_shapes_dataset
 from gfldet.data.transforms import TestTransform
 from gfldet.evaluation.evaluator import coco_evaluate
@@ -213,7 +214,7 @@ def build_gfl_r50(recipe: Path = RECIPE) -> GFL:
     frozen), random weights, 80 classes (or the GFLv2 recipe)."""
     torch.manual_seed(0)
     cfg = load_config(recipe, ["model.num_classes=80", "model.backbone.pretrained=null"])
-    return build_model(cfg)
+    return build_model(cfg.model)
 
 
 def peer_kwargs(hw: tuple[int, int]) -> dict[str, int]:
@@ -299,9 +300,9 @@ def loaded_copy(model: GFL, images: Tensor, targets: list[dict], test_cfg: dict)
     put almost none there). It shifts the bias of the class conv: post-processing then does the
     work of a trained model, the network the same work as before."""
     cls, sizes = head_outputs(model, images, targets)
-    kept = kept_logits(cls, sizes, test_cfg["nms_pre"]).flatten()
+    kept = kept_logits(cls, sizes, test_cfg.nms_pre).flatten()
     kth = kept.topk(min(LOADED_PAIRS, kept.numel())).values[-1].item()
-    thr = test_cfg["score_thr"]
+    thr = test_cfg.score_thr
     shift = math.log(thr / (1 - thr)) - kth + 1e-4
     loaded = copy.deepcopy(model)
     cls_conv = getattr(loaded.head, "gfl_cls", None)
@@ -316,8 +317,8 @@ def loaded_copy(model: GFL, images: Tensor, targets: list[dict], test_cfg: dict)
 def count_candidates(model: GFL, images: Tensor, targets: list[dict], test_cfg: dict) -> int:
     """(box, class) pairs that enter gfldet's NMS for these images."""
     cls, sizes = head_outputs(model, images, targets)
-    kept = kept_logits(cls, sizes, test_cfg["nms_pre"])
-    return int((kept.sigmoid() > test_cfg["score_thr"]).sum())
+    kept = kept_logits(cls, sizes, test_cfg.nms_pre)
+    return int((kept.sigmoid() > test_cfg.score_thr).sum())
 
 
 def bench_infer(sz: Sizes, repeats: int, warmup: int, out: dict) -> None:
@@ -329,7 +330,7 @@ def bench_infer(sz: Sizes, repeats: int, warmup: int, out: dict) -> None:
     peer_in = [img[0].float() / 255]  # torchvision's API: float 0..1 [3, H, W]
 
     gfl = build_gfl_r50().eval()
-    test_cfg = load_config(RECIPE, ["model.num_classes=80"])["model"]["test"]
+    test_cfg = load_config(RECIPE, ["model.num_classes=80"]).model.test
     fast = prepare_for_inference(gfl)
     loaded = loaded_copy(fast, img_cl, targets, test_cfg)
     candidates = count_candidates(loaded, img_cl, targets, test_cfg)
@@ -385,7 +386,7 @@ def bench_lite(sz: Sizes, repeats: int, warmup: int, out: dict, tmp: Path) -> No
             f"data.val.img_scale=[{max(h, w)},{min(h, w)}]"]  # fmt: skip
     cfg = load_config(LITE, sets)
     torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = build_model(cfg.model).eval()
     ckpt = tmp / "gfl_lite_random.pth"
     save_checkpoint({"model": model.state_dict()}, ckpt)
     predictor = Predictor(cfg, ckpt, device="cpu")
@@ -398,8 +399,8 @@ def bench_lite(sz: Sizes, repeats: int, warmup: int, out: dict, tmp: Path) -> No
     cls, _ = head_outputs(fast, img, meta)
     with torch.no_grad():
         fast.head.gfl_cls.weight /= (cls - fast.head.gfl_cls.bias).std().clamp(min=1e-12)
-    predictor.model = loaded_copy(fast, img, meta, cfg["model"]["test"])
-    candidates = count_candidates(predictor.model, img, meta, cfg["model"]["test"])
+    predictor.model = loaded_copy(fast, img, meta, cfg.model.test)
+    candidates = count_candidates(predictor.model, img, meta, cfg.model.test)
     random_weights = Predictor(cfg, ckpt, device="cpu")
     torch.manual_seed(0)
     ssd = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
@@ -484,7 +485,7 @@ def bench_data(sz: Sizes, repeats: int, warmup: int, out: dict, tmp: Path) -> No
         "yolo": {"format": "yolo", "ann_file": str(yolo_yaml),
                  "img_dir": str(tmp / "yolo" / "images" / "train")},
     }  # fmt: skip
-    fns = {name: partial(build_dataset, {**split, "img_scale": [1333, 800]}, False)
+    fns = {name: partial(build_dataset, ValSplitOptions(**split, img_scale=[1333, 800]), False)
            for name, split in splits.items()}  # fmt: skip
     times = measure(fns, repeats, warmup)
     m = {k: med(v) for k, v in times.items()}
@@ -522,7 +523,7 @@ def bench_train(sz: Sizes, repeats: int, warmup: int, out: dict) -> None:
     targets = [{"boxes": boxes[i], "labels": labels[i], "img_size": (h, w)} for i in range(b)]
     peer_in = [im.float() / 255 for im in images]
     peer_targets = [{"boxes": boxes[i], "labels": labels[i] + 1} for i in range(b)]
-    sgd = load_config(RECIPE, ["model.num_classes=80"])["train"]  # SGD, momentum, decay
+    sgd = load_config(RECIPE, ["model.num_classes=80"]).train  # SGD, momentum, decay
 
     models = {
         "gfldet": build_gfl_r50().train(),
@@ -569,12 +570,12 @@ def feature_sizes(hw: tuple[int, int], strides: list[int]) -> list[tuple[int, in
 
 
 def bench_atss(sz: Sizes, repeats: int, warmup: int, out: dict) -> None:
-    model_cfg = load_config(RECIPE, ["model.num_classes=80"])["model"]
-    n = 3 + model_cfg["neck"]["extra_levels"]  # the recipe's P3..P7
-    strides, topk = [8 * 2**i for i in range(n)], model_cfg["assigner"]["topk"]
+    model_cfg = load_config(RECIPE, ["model.num_classes=80"]).model
+    n = 3 + model_cfg.neck.extra_levels  # the recipe's P3..P7
+    strides, topk = [8 * 2**i for i in range(n)], model_cfg.assigner.topk
     sizes = feature_sizes(sz.atss_hw, strides)
     points, point_strides = grid_points(sizes, strides)
-    anchors = square_anchors(points, point_strides, model_cfg["head"]["anchor_scale"])
+    anchors = square_anchors(points, point_strides, model_cfg.assigner.anchor_scale)
     num_level = [h * w for h, w in sizes]
     gen = torch.Generator().manual_seed(2)
     gts = random_boxes(gen, (sz.atss_images, sz.atss_gts), sz.atss_hw)
@@ -650,17 +651,17 @@ def demo_training(model: GFL, opt: Any, loader: Any, steps: int) -> tuple[list, 
 
 def bench_loader(sz: Sizes, repeats: int, warmup: int, out: dict, data: Path) -> None:
     cfg = shapes_config(data, sz.demo_set)
-    d = cfg["data"]
-    ds = build_dataset(d["train"], train=True)
-    bs = d["train"]["batch_size"]
-    cfg["model"]["num_classes"] = ds.num_classes
+    d = cfg.data
+    ds = build_dataset(d.train, train=True)
+    bs = d.train.batch_size
+    cfg.model.num_classes = ds.num_classes
     torch.manual_seed(0)
-    model = build_model(cfg).train()
-    opt = build_optimizer(model, cfg["train"], 0.01)
+    model = build_model(cfg.model).train()
+    opt = build_optimizer(model, cfg.train, 0.01)
     times: dict[str, list[float]] = {}
     batches = 0
     for workers in (0, 2):
-        loader = build_dataloader(ds, bs, workers, True, cfg["seed"], 1, 0, d["size_divisor"])
+        loader = build_dataloader(ds, bs, workers, True, cfg.seed, 1, 0, d.size_divisor)
         batches = min(sz.loader_batches, len(loader))
         one_pass = partial(loader_pass, loader, batches, iter(range(10**9)))
         times[f"workers_{workers}"] = measure({"pass": one_pass}, repeats, warmup)["pass"]
@@ -705,7 +706,7 @@ def synthetic_detections(ds: Any, per_image: int, seed: int = 0) -> list[dict]:
 
 
 def bench_coco(sz: Sizes, repeats: int, warmup: int, out: dict, data: Path) -> None:
-    ds = build_dataset(shapes_config(data)["data"]["val"], train=False)
+    ds = build_dataset(shapes_config(data).data.val, train=False)
     results = synthetic_detections(ds, sz.coco_dets_per_image)
     metrics: dict = {}
 

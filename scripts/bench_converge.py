@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import dataclasses
 import io
 import math
 import platform
@@ -100,9 +102,9 @@ class Budget:
     def lr(self, cfg: dict, base_lr: float, it: int) -> float:
         if self.start is None:
             self.start = time.perf_counter()
-        warm = lr_at({"train": {**cfg["train"], "lr_steps": []}}, base_lr, 0, it)
+        warm = lr_at(dataclasses.replace(cfg.train, lr_steps=[]), base_lr, 0, it)
         decayed = self.elapsed() >= self.decay_at * self.seconds
-        return warm * (cfg["train"]["lr_gamma"] if decayed else 1.0)
+        return warm * (cfg.train.lr_gamma if decayed else 1.0)
 
 
 class BudgetTrainer(Trainer):
@@ -116,7 +118,7 @@ class BudgetTrainer(Trainer):
         losses = super().train_step(images, targets, self.budget.lr(self.cfg, self.base_lr,
                                                                     self.iter))  # fmt: skip
         if self.budget.spent():
-            self.cfg["train"]["max_iters"] = self.iter + 1  # counts this step; stops after it
+            self.cfg.train.max_iters = self.iter + 1  # counts this step; stops after it
         return losses
 
 
@@ -139,31 +141,31 @@ class GfldetBackbone(nn.Module):
 def build_fcos_on_gfldet(cfg: dict) -> FCOS:
     """torchvision's FCOS on the backbone and FPN that gfldet builds for `cfg` (same seed, so
     the same initial weights), with a head of the same depth, width and GroupNorm groups."""
-    m, h = cfg["model"], cfg["model"]["head"]
-    width = m["neck"]["out_channels"]
-    if h["feat_channels"] != width:
+    m, h = cfg.model, cfg.model.head
+    width = m.neck.out_channels
+    if h.feat_channels != width:
         raise ValueError(
             f"FCOS's towers are as wide as the FPN ({width}); model.head.feat_channels is "
-            f"{h['feat_channels']}: set them equal for a like-for-like comparison"
+            f"{h.feat_channels}: set them equal for a like-for-like comparison"
         )
-    torch.manual_seed(cfg["seed"])
-    gfl = build_model(cfg)
-    n, convs = m["num_classes"], h["stacked_convs"]
-    norm = partial(nn.GroupNorm, h["num_groups"])
+    torch.manual_seed(cfg.seed)
+    gfl = build_model(cfg.model)
+    n, convs = m.num_classes, h.stacked_convs
+    norm = partial(nn.GroupNorm, h.num_groups)
     head = FCOSHead(width, 1, n, num_convs=0)  # its towers are replaced just below
-    head.classification_head = FCOSClassificationHead(width, 1, n, convs, h["prior_prob"], norm)
+    head.classification_head = FCOSClassificationHead(width, 1, n, convs, h.prior_prob, norm)
     head.regression_head = FCOSRegressionHead(width, 1, convs, norm)
     strides = gfl.strides
     anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
-    scale, test = cfg["data"]["train"]["img_scale"], m["test"]
+    scale, test = cfg.data.train.img_scale, m.test
     return FCOS(
         GfldetBackbone(gfl.backbone, gfl.neck, width), n,
         min_size=min(scale), max_size=max(scale),
-        image_mean=[v / 255 for v in cfg["data"]["mean"]],
-        image_std=[v / 255 for v in cfg["data"]["std"]],
-        anchor_generator=anchors, head=head, score_thresh=test["score_thr"],
-        nms_thresh=test["nms_iou"], detections_per_img=test["max_per_img"],
-        topk_candidates=test["nms_pre"],
+        image_mean=[v / 255 for v in cfg.model.mean],
+        image_std=[v / 255 for v in cfg.model.std],
+        anchor_generator=anchors, head=head, score_thresh=test.score_thr,
+        nms_thresh=test.nms_iou, detections_per_img=test.max_per_img,
+        topk_candidates=test.nms_pre,
     )  # fmt: skip
 
 
@@ -184,7 +186,7 @@ def train_peer(
 ) -> int:
     """The trainer's steps for a torchvision detector until the budget is spent; returns the
     iterations. `offset` is added to the labels (1 for detectors with a background class 0)."""
-    t = cfg["train"]
+    t = cfg.train
     opt = build_optimizer(model, t, base_lr)
     model.train()
     it, epoch = 0, 0
@@ -201,8 +203,8 @@ def train_peer(
                 raise FloatingPointError(f"peer: non-finite loss at iteration {it + 1}: {losses}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if t["grad_clip"]:
-                nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+            if t.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             opt.step()
             it += 1
             if budget.spent():
@@ -285,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     gfl_train_s = trainer.budget.elapsed()
     val_set = trainer.val_set
     val_loader = build_dataloader(
-        val_set, cfg["data"]["val"]["batch_size"], cfg["data"]["val"]["num_workers"], False,
-        size_divisor=cfg["data"]["size_divisor"],
+        val_set, cfg.data.val.batch_size, cfg.data.val.num_workers, False,
+        size_divisor=cfg.data.size_divisor,
     )  # fmt: skip
     gfl_metrics = score(
         val_set,
@@ -296,21 +298,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = {"gfldet": {"iterations": trainer.iter, "train_s": gfl_train_s, **gfl_metrics}}
 
-    cfg_peer = trainer.cfg | {"train": {**trainer.cfg["train"], "max_iters": None}}
+    cfg_peer = copy.deepcopy(trainer.cfg)
+    cfg_peer.train.max_iters = None
     if a.peer == "fcos":
         print(f"== torchvision FCOS on the same backbone, {a.minutes:g} min", flush=True)
         peer, offset = build_fcos_on_gfldet(cfg_peer), 0
     else:
         print(f"== torchvision SSDlite320 MobileNetV3, {a.minutes:g} min", flush=True)
-        torch.manual_seed(cfg["seed"])
+        torch.manual_seed(cfg.seed)
         peer = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
             weights=None, weights_backbone=None, num_classes=val_set.num_classes + 1
         )
         offset = 1  # its class 0 is the background
     peer = peer.to(trainer.device)
     train_loader = build_dataloader(
-        trainer.train_set, trainer.batch_size, cfg["data"]["train"]["num_workers"], True,
-        cfg["seed"], size_divisor=cfg["data"]["size_divisor"],
+        trainer.train_set, trainer.batch_size, cfg.data.train.num_workers, True,
+        cfg.seed, size_divisor=cfg.data.size_divisor,
     )  # fmt: skip
     budget = Budget(seconds, a.decay_at)
     peer_iters = train_peer(peer, cfg_peer, train_loader, budget, trainer.base_lr, offset)

@@ -304,7 +304,7 @@ def bench_infer(sz: Sizes, device: torch.device, res: dict) -> None:
         if name == "gfl_r50":
             # Scores as a trained model's (bench.loaded_copy): the post-processing and NMS
             # then get the work they get in use, which random weights never give them.
-            test_cfg = load_config(RECIPE, ["model.num_classes=80"])["model"]["test"]
+            test_cfg = load_config(RECIPE, ["model.num_classes=80"]).model.test
             loaded = loaded_copy(model, images, targets, test_cfg)
             res["loaded_candidates"] = count_candidates(loaded, images, targets, test_cfg)
             fns["gfl_r50_loaded"] = partial(loaded.predict, images, targets)
@@ -356,10 +356,10 @@ class StepTrainer(Trainer):
     dir, neither of which a step benchmark has. Sets what train_step reads, as __init__ does."""
 
     def __init__(self, cfg: dict, model: nn.Module, device: torch.device, lr: float) -> None:
-        t = cfg["train"]
+        t = cfg.train
         self.cfg, self.device, self.model, self.ema = cfg, device, model, None
         self.optimizer = build_optimizer(model, t, lr)
-        self.amp, self.amp_dtype = bool(t["amp"]), amp_dtype(device)
+        self.amp, self.amp_dtype = bool(t.amp), amp_dtype(device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp and device.type == "cuda")
         self.epoch = self.iter = 0
         self.last_checkpoint = None
@@ -411,7 +411,7 @@ def train_variant(
     images, ours, theirs = batch
     cfg = load_config(RECIPE, ["model.num_classes=80", "model.backbone.pretrained=null",
                                f"train.amp={str(amp).lower()}"])  # fmt: skip
-    lr = cfg["train"]["lr"] * sz.train_images / cfg["train"]["base_batch_size"]
+    lr = cfg.train.lr * sz.train_images / cfg.train.base_batch_size
     free_memory(device)
     losses: list[float] = []
     if name == "gfl_r50":
@@ -426,7 +426,7 @@ def train_variant(
     else:
         builder = build_fcos if name == "fcos_r50" else build_fcos_same_recipe
         model = builder(sz.train_hw).train().to(device)
-        opt = build_optimizer(model, cfg["train"], lr)
+        opt = build_optimizer(model, cfg.train, lr)
         scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
 
         def step() -> None:
@@ -593,7 +593,7 @@ def bench_demo(sz: Sizes, device: torch.device, res: dict, tmp: Path, data: Path
     try:
         trainer = BudgetTrainer(cfg, sz.demo_seconds)
         ready = time.perf_counter()
-        planned = cfg["train"]["epochs"] * len(trainer.train_loader)
+        planned = cfg.train.epochs * len(trainer.train_loader)
         metrics = trainer.fit()
     finally:
         # The run's log handlers write into a temporary folder: close them with it.
@@ -606,7 +606,7 @@ def bench_demo(sz: Sizes, device: torch.device, res: dict, tmp: Path, data: Path
     res.update(
         data=str(data), images=len(trainer.train_set), epochs=trainer.epoch,
         iterations=trainer.iter, planned_iterations=planned, budget_s=sz.demo_seconds,
-        stopped_by_budget=trainer.iter < min(planned, cfg["train"]["max_iters"] or planned),
+        stopped_by_budget=trainer.iter < min(planned, cfg.train.max_iters or planned),
         setup_s=ready - start, train_and_eval_s=time.perf_counter() - ready,
         AP=metrics.get("AP"), AP50=metrics.get("AP50"), AP75=metrics.get("AP75"),
         loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,

@@ -114,15 +114,15 @@ def split_overrides(paths: dict[str, Path], split_dir: Path, name: str) -> list[
 def run(name: str, config: str, items: list[str]) -> dict[str, Any]:
     """Trains one run; returns its AP, the shared class's AP, iterations and seconds."""
     cfg = load_config(config, items)
-    print(f"\n=== {name}: {cfg['work_dir']}", flush=True)
+    print(f"\n=== {name}: {cfg.work_dir}", flush=True)
     start = time.perf_counter()
     metrics = train(cfg, overwrite=True)
     seconds = time.perf_counter() - start
-    latest = Path(cfg["work_dir"]) / "latest.pth"
+    latest = Path(cfg.work_dir) / "latest.pth"
     per_class = metrics.get("per_class", {})
     return {
-        "work_dir": cfg["work_dir"],
-        "init_from": cfg["model"].get("init_from"),
+        "work_dir": cfg.work_dir,
+        "init_from": cfg.model.init_from,
         **{m: metrics.get(m) for m in METRICS},
         f"{SHARED}_AP": per_class.get(SHARED, {}).get("AP"),
         "per_class_AP": {n: m.get("AP") for n, m in per_class.items()},

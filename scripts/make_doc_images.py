@@ -121,7 +121,7 @@ def main() -> None:
         shutil.copy(tmp / "eval" / "calibration.png", a.out / "insight_calibration.png")
         shutil.copy(tmp / "eval" / "pr_curves_1.png", a.out / "insight_pr_curves.png")
 
-        val_dir = Path(cfg["data"]["val"]["img_dir"])
+        val_dir = Path(cfg.data.val.img_dir)
         images = sorted(val_dir.glob("*.jpg"))[: a.images]
         _run(["infer", "--config", str(cfg_path), "--checkpoint", str(ckpt),
               *map(str, images), "--out-dir", str(tmp / "infer"), "--show-uncertainty",

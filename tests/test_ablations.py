@@ -8,7 +8,6 @@ loss, Dirac and Gaussian boxes, bin width Δ) are checked against values compute
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import math
@@ -19,7 +18,7 @@ import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
-from gfldet.config import CHOICES, DEFAULTS, load_config
+from gfldet.config import CHOICES, Config, load_config
 from gfldet.model.build import build_model
 from gfldet.model.detector import GFL
 from gfldet.model.losses import classification_loss
@@ -77,21 +76,21 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def switches_of(cfg: dict) -> dict:
-    return {k: cfg["model"][s][k] for s, k in SWITCHES}
+def switches_of(cfg: Config) -> dict:
+    return {k: getattr(getattr(cfg.model, s), k) for s, k in SWITCHES}
 
 
-def tiny_cfg(num_classes: int = 3, **switches) -> dict:
-    cfg = copy.deepcopy(DEFAULTS)
-    m = cfg["model"]
-    m["num_classes"] = num_classes
-    m["backbone"].update(depth=18, base_width=8, frozen_stages=-1, norm_eval=False)
-    m["neck"]["out_channels"] = 16
-    m["head"].update(feat_channels=16, stacked_convs=1, num_groups=4)
-    m["test"]["score_thr"] = 0.001  # keep an untrained model's detections
+def tiny_cfg(num_classes: int = 3, **switches) -> Config:
+    cfg = Config()
+    m = cfg.model
+    m.num_classes = num_classes
+    vars(m.backbone).update(depth=18, base_width=8, frozen_stages=-1, norm_eval=False)
+    m.neck.out_channels = 16
+    vars(m.head).update(feat_channels=16, stacked_convs=1, num_groups=4)
+    m.test.score_thr = 0.001  # keep an untrained model's detections
     for section, key in SWITCHES:
         if key in switches:
-            m[section][key] = switches.pop(key)
+            setattr(getattr(m, section), key, switches.pop(key))
     assert not switches, switches
     return cfg
 
@@ -123,9 +122,9 @@ def test_ablation_config_loads_with_its_rows_switches_only(path):
     # Everything but the switches and the work_dir is the R-50 recipe.
     recipe = load_config(RECIPE, ["model.num_classes=80"])
     for section, key in SWITCHES:
-        recipe["model"][section][key] = cfg["model"][section][key]
-    assert cfg["work_dir"] == f"work_dirs/ablations/{path.stem}"
-    recipe["work_dir"] = cfg["work_dir"]
+        setattr(getattr(recipe.model, section), key, getattr(getattr(cfg.model, section), key))
+    assert cfg.work_dir == f"work_dirs/ablations/{path.stem}"
+    recipe.work_dir = cfg.work_dir
     assert cfg == recipe
     text = path.read_text()
     assert "_base_: ../gfl_r50_fpn_1x_coco.yaml" in text
@@ -143,10 +142,10 @@ def test_docs_map_every_row_to_its_config_and_ap():
     assert "scripts/ablate.py" in doc
 
 
-def architecture(cfg: dict) -> tuple:
-    h = cfg["model"]["head"]
-    n = h["reg_max"] if h["box"] == "general" else 0
-    return h["quality"] in ("centerness", "iou"), h["box"], n
+def architecture(cfg: Config) -> tuple:
+    h = cfg.model.head
+    n = h.reg_max if h.box == "general" else 0
+    return h.quality in ("centerness", "iou"), h.box, n
 
 
 def test_every_architecture_builds_at_full_size_with_the_expected_parameter_count():
@@ -159,7 +158,7 @@ def test_every_architecture_builds_at_full_size_with_the_expected_parameter_coun
     assert len(archs) >= 7
     for (separate, box, n), cfg in archs.items():
         with torch.device("meta"):
-            model = build_model(cfg)
+            model = build_model(cfg.model)
         reg = {"general": 4 * (n + 1), "dirac": 4, "gaussian": 8}[box]
         expect = 32_440_537 + (reg - 68 + separate) * 2305
         assert sum(p.numel() for p in model.parameters()) == expect, (separate, box, n)
@@ -199,7 +198,7 @@ def test_variants_cover_every_switch_value():
 @pytest.mark.parametrize("switches", VARIANTS.values(), ids=VARIANTS.keys())
 def test_variant_trains_one_step_and_predicts(switches):
     torch.manual_seed(0)
-    model = build_model(tiny_cfg(**switches)).train()
+    model = build_model(tiny_cfg(**switches).model).train()
     head, lo = model.head, model.loss
     images, targets = two_images()
     losses = model(images, targets)
@@ -265,7 +264,7 @@ def one_location(
 
 
 def test_gaussian_nll_giou_and_focal_by_hand():
-    model = build_model(tiny_cfg(num_classes=2, quality="none", box="gaussian", cls="focal"))
+    model = build_model(tiny_cfg(num_classes=2, quality="none", box="gaussian", cls="focal").model)
     # Target distances (l, t, r, b) = (1, 2, 3, 1) strides; predicted means (1, 2, 2, 1).
     means = [1.0, 2.0, 2.0, 1.0]
     log_var = [0.0, math.log(2.0), math.log(0.5), 0.0]
@@ -283,7 +282,7 @@ def test_gaussian_nll_giou_and_focal_by_hand():
 
 def test_dfl_targets_and_integral_round_trip_with_bin_width():
     n, bw = 16, 0.5  # bins 0, 0.5, ..., 8 strides
-    model = build_model(tiny_cfg(num_classes=1, bin_width=bw))
+    model = build_model(tiny_cfg(num_classes=1, bin_width=bw).model)
     # Target distances 1.3, 2, 3, 10 strides = 2.6, 4, 6, 20 bins; 20 is clamped to n − 0.1.
     bins = [(2, 0.4), (3, 0.6)], [(4, 1.0)], [(6, 1.0)], [(15, 0.1), (16, 0.9)]
     logits = torch.full((4, n + 1), -80.0)
@@ -306,7 +305,7 @@ def test_integral_bin_width_scales_the_expectation():
 
 
 def test_dirac_decoding_and_quality_branch_multiply_into_scores_by_hand():
-    model = build_model(tiny_cfg(num_classes=2, quality="iou", box="dirac", cls="focal"))
+    model = build_model(tiny_cfg(num_classes=2, quality="iou", box="dirac", cls="focal").model)
     model.test.score_thr, model.test.nms_pre = 0.1, 1000
     probs = torch.tensor([[[0.9, 0.1], [0.6, 0.3]]])
     cls = torch.log(probs / (1 - probs))
@@ -327,7 +326,8 @@ def test_dirac_decoding_and_quality_branch_multiply_into_scores_by_hand():
 
 
 def test_guided_focal_loss_reweights_positives_and_keeps_their_sum():
-    model = build_model(tiny_cfg(num_classes=2, quality="iou_guided", box="dirac", cls="focal"))
+    cfg = tiny_cfg(num_classes=2, quality="iou_guided", box="dirac", cls="focal")
+    model = build_model(cfg.model)
     cls = torch.tensor([[[0.3, -1.0], [-2.0, 0.5], [0.1, 0.2]]], requires_grad=True)
     labels = torch.tensor([[0, 1, 2]])  # two positives, one background
     pos = torch.tensor([0, 1])

@@ -17,7 +17,7 @@ from torch import nn
 
 import gfldet
 from gfldet.cli import main
-from gfldet.config import DEFAULTS, load_config
+from gfldet.config import Config, load_config
 from gfldet.core.checkpoint import load_model_weights
 from gfldet.data.synth import shapes_overrides
 from gfldet.inference.export import check_onnx, export_onnx
@@ -34,15 +34,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(backbone: str = "resnet", **head) -> dict:
-    cfg = copy.deepcopy(DEFAULTS)
-    m = cfg["model"]
-    m["num_classes"] = 3
-    m["backbone"].update(type=backbone, frozen_stages=-1, norm_eval=False)
+    cfg = Config()
+    m = cfg.model
+    m.num_classes = 3
+    vars(m.backbone).update(type=backbone, frozen_stages=-1, norm_eval=False)
     if backbone == "resnet":
-        m["backbone"].update(depth=18, base_width=8)
-    m["neck"]["out_channels"] = 16
-    m["head"].update({"feat_channels": 16, "stacked_convs": 1, "num_groups": 4, **head})
-    m["test"]["score_thr"] = 0.001  # keep an untrained model's detections
+        vars(m.backbone).update(depth=18, base_width=8)
+    m.neck.out_channels = 16
+    vars(m.head).update({"feat_channels": 16, "stacked_convs": 1, "num_groups": 4, **head})
+    m.test.score_thr = 0.001  # keep an untrained model's detections
     return cfg
 
 
@@ -83,7 +83,7 @@ def train_predict_fold_export(model: GFL, tmp_path: Path) -> int:
 @pytest.mark.parametrize("backbone", BACKBONE_TYPES)
 def test_every_backbone_trains_predicts_folds_and_exports(backbone, tmp_path):
     torch.manual_seed(0)
-    model = build_model(tiny_cfg(backbone))
+    model = build_model(tiny_cfg(backbone).model)
     assert model.backbone.strides == [8, 16, 32] and model.strides == [8, 16, 32, 64, 128]
     folded = train_predict_fold_export(model, tmp_path)
     # Every BatchNorm of the backbone is folded (ConvNeXt has LayerNorms only).
@@ -108,8 +108,8 @@ def test_the_registry_covers_every_type():
 def test_head_variants_train_fold_and_export(head, tmp_path):
     torch.manual_seed(0)
     cfg = tiny_cfg(**head)
-    cfg["model"]["neck"]["type"] = "pafpn"
-    model = build_model(cfg)
+    cfg.model.neck.type = "pafpn"
+    model = build_model(cfg.model)
     folded = train_predict_fold_export(model, tmp_path)
     head_bns = sum(isinstance(m, nn.BatchNorm2d) for m in model.head.modules())
     assert folded == head_bns + sum(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules())
@@ -168,16 +168,16 @@ def test_torchvision_weights_load_by_name_without_the_classifier(monkeypatch):
 def test_lite_model_is_small():
     cfg = load_config(ROOT / "configs" / "gfl_lite_320_coco.yaml",
                       ["model.num_classes=80", "model.backbone.pretrained=null"])  # fmt: skip
-    model = build_model(cfg)
+    model = build_model(cfg.model)
     assert sum(p.numel() for p in model.parameters()) <= 4_000_000
     assert model.strides == [8, 16, 32, 64] and model.head.box.channels == 4 * 8
 
 
 def test_checkpoints_from_before_the_neck_was_named_load(tmp_path):
-    model = build_model(tiny_cfg())
+    model = build_model(tiny_cfg().model)
     old = {("fpn." + k[5:] if k.startswith("neck.") else k): v
            for k, v in model.state_dict().items()}  # fmt: skip
-    fresh = build_model(tiny_cfg())
+    fresh = build_model(tiny_cfg().model)
     load_model_weights(fresh, {"model": old}, tmp_path / "old.pth")
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(),
                                                  model.state_dict().values()))  # fmt: skip
@@ -187,7 +187,7 @@ def test_parts_that_miss_the_interface_are_named():
     head = GFLHead(3, 16, 5, HeadOptions(feat_channels=16, stacked_convs=1, num_groups=4))
     with pytest.raises(TypeError, match="backbone.*out_channels"):
         GFL(nn.Conv2d(3, 8, 3), FPN([8, 16, 32], 16), head)
-    backbone = build_model(tiny_cfg()).backbone
+    backbone = build_model(tiny_cfg().model).backbone
     with pytest.raises(ValueError, match="head has 5 levels, the neck 4"):
         GFL(backbone, FPN(backbone.out_channels, 16, 1), head)
 
@@ -220,11 +220,11 @@ def test_the_extending_example_plugs_in(shapes, tmp_path, monkeypatch, capsys):
     assert len(json.loads((out / "predictions.json").read_text())) == 3
     assert main(["export", "--config", config, "--checkpoint", ckpt, "--out",
                  str(tmp_path / "m.onnx"), "--set", *sets]) == 0  # fmt: skip
-    model = gfldet.build_model(load_config(config, [*sets, "model.num_classes=6"]))
+    model = gfldet.build_model(load_config(config, [*sets, "model.num_classes=6"]).model)
     assert type(model.backbone).__name__ == "TinyBackbone"
     assert fold_batchnorms(copy.deepcopy(model).eval()) == 10  # 5 stages x 2 conv-BN pairs
     capsys.readouterr()
     # Unimportable: a clear error.
     bad = load_config(config, [*sets, "model.num_classes=6", "model.backbone.type=nowhere:X"])
     with pytest.raises(ValueError, match="cannot import"):
-        gfldet.build_model(bad)
+        gfldet.build_model(bad.model)

@@ -123,20 +123,20 @@ def test_fcos_on_gfldet_backbone_shares_its_modules():
 
     cfg = load_config(ROOT / "configs" / "shapes_demo.yaml", ["model.num_classes=6"])
     fcos = conv.build_fcos_on_gfldet(cfg)
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(cfg.seed)
     from gfldet.model.build import build_model
 
-    gfl = build_model(cfg)
+    gfl = build_model(cfg.model)
     # The same ResNet + FPN, initialised alike.
     ours = {f"body.{k}": v for k, v in gfl.backbone.state_dict().items()}
     ours |= {f"neck.{k}": v for k, v in gfl.neck.state_dict().items()}
     theirs = fcos.backbone.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     # Head of the demo's depth, width and GroupNorm groups; one anchor of side = stride.
-    h = cfg["model"]["head"]
+    h = cfg.model.head
     tower = fcos.head.classification_head.conv
     gns = [m for m in tower if isinstance(m, torch.nn.GroupNorm)]
-    assert len(gns) == h["stacked_convs"] and all(g.num_groups == h["num_groups"] for g in gns)
+    assert len(gns) == h.stacked_convs and all(g.num_groups == h.num_groups for g in gns)
     assert fcos.anchor_generator.sizes == tuple((s,) for s in gfl.strides)
     feats = fcos.backbone(torch.zeros(1, 3, 64, 64))
     assert list(feats) == ["p3", "p4", "p5", "p6", "p7"]

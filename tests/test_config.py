@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gfldet.config import CHOICES, DEFAULTS, ConfigError, dump_config, load_config
+from gfldet.config import CHOICES, DEFAULTS, Config, ConfigError, dump_config, load_config
+from gfldet.core.options import to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("**/*.yaml"))
@@ -19,7 +20,8 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def dotted(d: dict, prefix: str = "") -> set[str]:
+def dotted(d: dict | Config, prefix: str = "") -> set[str]:
+    d = d if isinstance(d, dict) else to_dict(d)
     out = set()
     for k, v in d.items():
         out.add(prefix + k)
@@ -40,24 +42,25 @@ def config_error(path: Path, overrides: list[str] | None = None) -> str:
 def test_minimal_file_gives_every_default(tmp_path):
     cfg = load_config(write(tmp_path / "min.yaml", "seed: 3\n"))
     assert dotted(cfg) == dotted(DEFAULTS)
-    expect = copy.deepcopy(DEFAULTS)
-    expect["seed"] = 3
+    expect = Config()
+    expect.seed = 3
     assert cfg == expect
 
 
 def test_empty_file_equals_defaults(tmp_path):
-    assert load_config(write(tmp_path / "empty.yaml", "")) == DEFAULTS
+    assert to_dict(load_config(write(tmp_path / "empty.yaml", ""))) == DEFAULTS
 
 
 def test_loaded_config_does_not_alias_defaults(tmp_path):
     path = write(tmp_path / "min.yaml", "seed: 1\n")
     before = copy.deepcopy(DEFAULTS)
     cfg = load_config(path)
-    cfg["data"]["train"]["img_scale"].append(256)
-    cfg["model"]["backbone"]["depth"] = 18
-    cfg["data"]["mean"][0] = 0.0
-    assert before == DEFAULTS
-    assert load_config(path)["data"]["train"]["img_scale"] == [1333, 800]
+    cfg.data.train.img_scale.append(256)
+    cfg.model.backbone.depth = 18
+    cfg.model.mean[0] = 0.0
+    assert before == DEFAULTS == to_dict(Config())
+    assert load_config(path).data.train.img_scale == [1333, 800]
+    assert load_config(path).model.mean[0] == 123.675
 
 
 def test_base_as_string_deep_merge(tmp_path):
@@ -67,13 +70,13 @@ def test_base_as_string_deep_merge(tmp_path):
         "_base_: base.yaml\nmodel:\n  backbone:\n    base_width: 16\n  num_classes: 4\n",
     )
     cfg = load_config(child)
-    bb = cfg["model"]["backbone"]
-    assert bb["depth"] == 18  # sibling from the base kept
-    assert bb["base_width"] == 16  # overridden by the child
-    assert bb["frozen_stages"] == 1 and bb["norm_eval"] is True  # defaults kept
-    assert cfg["model"]["num_classes"] == 4
-    assert cfg["model"]["head"] == DEFAULTS["model"]["head"]
-    assert "_base_" not in cfg
+    bb = cfg.model.backbone
+    assert bb.depth == 18  # sibling from the base kept
+    assert bb.base_width == 16  # overridden by the child
+    assert bb.frozen_stages == 1 and bb.norm_eval is True  # defaults kept
+    assert cfg.model.num_classes == 4
+    assert to_dict(cfg.model.head) == DEFAULTS["model"]["head"]
+    assert not hasattr(cfg, "_base_")
 
 
 def test_base_as_list_relative_paths_later_wins(tmp_path):
@@ -86,11 +89,11 @@ def test_base_as_list_relative_paths_later_wins(tmp_path):
         "train:\n  momentum: 0.8\n",
     )
     cfg = load_config(child)
-    assert cfg["model"]["neck"]["out_channels"] == 32
-    assert cfg["train"]["epochs"] == 36  # the later base wins
-    assert cfg["train"]["lr"] == 0.02
-    assert cfg["train"]["momentum"] == 0.8
-    assert cfg["train"]["weight_decay"] == DEFAULTS["train"]["weight_decay"]
+    assert cfg.model.neck.out_channels == 32
+    assert cfg.train.epochs == 36  # the later base wins
+    assert cfg.train.lr == 0.02
+    assert cfg.train.momentum == 0.8
+    assert cfg.train.weight_decay == DEFAULTS["train"]["weight_decay"]
 
 
 def test_chain_of_three_files(tmp_path):
@@ -99,9 +102,9 @@ def test_chain_of_three_files(tmp_path):
         tmp_path / "b" / "b.yaml", "_base_: ../a.yaml\nseed: 2\nmodel:\n  head:\n    reg_max: 10\n"
     )
     c = write(tmp_path / "c.yaml", "_base_: b/b.yaml\nmodel:\n  head:\n    num_groups: 8\n")
-    head = load_config(c)["model"]["head"]
-    assert (head["reg_max"], head["stacked_convs"], head["num_groups"]) == (10, 2, 8)
-    assert load_config(c)["seed"] == 2
+    head = load_config(c).model.head
+    assert (head.reg_max, head.stacked_convs, head.num_groups) == (10, 2, 8)
+    assert load_config(c).seed == 2
 
 
 def test_diamond_inheritance_is_not_a_cycle(tmp_path):
@@ -109,7 +112,7 @@ def test_diamond_inheritance_is_not_a_cycle(tmp_path):
     write(tmp_path / "l.yaml", "_base_: root.yaml\ntrain:\n  epochs: 2\n")
     write(tmp_path / "r.yaml", "_base_: root.yaml\ntrain:\n  lr: 0.5\n")
     cfg = load_config(write(tmp_path / "top.yaml", "_base_: [l.yaml, r.yaml]\n"))
-    assert (cfg["seed"], cfg["train"]["epochs"], cfg["train"]["lr"]) == (5, 2, 0.5)
+    assert (cfg.seed, cfg.train.epochs, cfg.train.lr) == (5, 2, 0.5)
 
 
 def test_nullable_keys_accept_null_and_their_type(tmp_path):
@@ -121,15 +124,15 @@ def test_nullable_keys_accept_null_and_their_type(tmp_path):
             "train:\n  max_iters: null\n  grad_clip: 35\n",
         )
     )
-    assert cfg["model"]["num_classes"] == 3
-    assert cfg["model"]["backbone"]["pretrained"] == "/some/file.pth"
-    assert cfg["data"]["train"]["ms_short_range"] == [480, 800]
-    assert cfg["train"]["max_iters"] is None and cfg["train"]["grad_clip"] == 35
+    assert cfg.model.num_classes == 3
+    assert cfg.model.backbone.pretrained == "/some/file.pth"
+    assert cfg.data.train.ms_short_range == [480, 800]
+    assert cfg.train.max_iters is None and cfg.train.grad_clip == 35
 
 
 def test_int_is_accepted_for_a_float_key(tmp_path):
     cfg = load_config(write(tmp_path / "f.yaml", "train:\n  lr: 1\n  momentum: 0\n"))
-    assert cfg["train"]["lr"] == 1 and cfg["train"]["momentum"] == 0
+    assert cfg.train.lr == 1 and cfg.train.momentum == 0
 
 
 # ---------------------------------------------------------------- --set overrides
@@ -148,29 +151,29 @@ def test_set_overrides_are_yaml_typed(tmp_path):
             "work_dir = runs/a=b",
         ],
     )
-    assert cfg["train"]["epochs"] == 3 and type(cfg["train"]["epochs"]) is int
-    assert cfg["train"]["lr"] == 0.02 and type(cfg["train"]["lr"]) is float
-    assert cfg["data"]["train"]["img_scale"] == [512, 512]
-    assert cfg["model"]["backbone"]["pretrained"] is None
-    assert cfg["model"]["num_classes"] == 5
-    assert cfg["work_dir"] == "runs/a=b"  # split at the first '=' only
+    assert cfg.train.epochs == 3 and type(cfg.train.epochs) is int
+    assert cfg.train.lr == 0.02 and type(cfg.train.lr) is float
+    assert cfg.data.train.img_scale == [512, 512]
+    assert cfg.model.backbone.pretrained is None
+    assert cfg.model.num_classes == 5
+    assert cfg.work_dir == "runs/a=b"  # split at the first '=' only
     # untouched siblings keep file/default values
-    assert cfg["data"]["val"]["img_scale"] == [1333, 800]
-    assert cfg["train"]["momentum"] == 0.9
+    assert cfg.data.val.img_scale == [1333, 800]
+    assert cfg.train.momentum == 0.9
 
 
 def test_set_wins_over_file_and_base(tmp_path):
     write(tmp_path / "b.yaml", "train:\n  epochs: 7\n")
     path = write(tmp_path / "c.yaml", "_base_: b.yaml\ntrain:\n  lr: 0.3\n")
     cfg = load_config(path, ["train.epochs=2", "train.lr=0.1"])
-    assert (cfg["train"]["epochs"], cfg["train"]["lr"]) == (2, 0.1)
+    assert (cfg.train.epochs, cfg.train.lr) == (2, 0.1)
 
 
 def test_exponent_floats_without_a_dot(tmp_path):
     path = write(tmp_path / "c.yaml", "train:\n  weight_decay: 1e-4\n")
     cfg = load_config(path, ["train.lr=1e-3"])
-    assert cfg["train"]["weight_decay"] == pytest.approx(1e-4)
-    assert cfg["train"]["lr"] == pytest.approx(1e-3)
+    assert cfg.train.weight_decay == pytest.approx(1e-4)
+    assert cfg.train.lr == pytest.approx(1e-3)
 
 
 # ---------------------------------------------------------------- errors
@@ -324,11 +327,11 @@ def test_dump_config_round_trip(tmp_path):
     assert "_base_" not in out.read_text()
     again = load_config(out)
     assert again == cfg
-    assert again["model"]["backbone"]["pretrained"] is None
-    assert again["train"]["grad_clip"] == 10.5
+    assert again.model.backbone.pretrained is None
+    assert again.train.grad_clip == 10.5
     # and dumping DEFAULTS (with its nulls) loads back to DEFAULTS
-    dump_config(DEFAULTS, tmp_path / "defaults.yaml")
-    assert load_config(tmp_path / "defaults.yaml") == DEFAULTS
+    dump_config(Config(), tmp_path / "defaults.yaml")
+    assert load_config(tmp_path / "defaults.yaml") == Config()
 
 
 def test_shipped_configs_exist():
@@ -341,19 +344,19 @@ def test_shipped_config_loads(path):
     cfg = load_config(path)
     assert dotted(cfg) == dotted(DEFAULTS)
     if "_base_" not in path.relative_to(ROOT / "configs").parts:
-        assert cfg["model"]["backbone"]["depth"] in (18, 34, 50, 101)
+        assert cfg.model.backbone.depth in (18, 34, 50, 101)
 
 
 def test_shapes_demo_values():
     cfg = load_config(ROOT / "configs" / "shapes_demo.yaml")
-    assert cfg["model"]["backbone"]["depth"] == 18
-    assert cfg["model"]["backbone"]["base_width"] == 32
-    assert cfg["model"]["backbone"]["pretrained"] is None
-    assert cfg["device"] == "cpu"
-    assert cfg["data"]["train"]["img_scale"] == [256, 256]
+    assert cfg.model.backbone.depth == 18
+    assert cfg.model.backbone.base_width == 32
+    assert cfg.model.backbone.pretrained is None
+    assert cfg.device == "cpu"
+    assert cfg.data.train.img_scale == [256, 256]
     # the budget behind `make demo` <= 15 min on 2 cores (README); change both together
-    assert cfg["train"]["epochs"] == 4 and cfg["train"]["optimizer"] == "adamw"
-    assert cfg["train"]["lr_steps"] == [3]
+    assert cfg.train.epochs == 4 and cfg.train.optimizer == "adamw"
+    assert cfg.train.lr_steps == [3]
 
 
 # ---------------------------------------------------------------- choices and model switches
@@ -399,9 +402,9 @@ def test_every_choice_is_accepted_and_defaults_are_choices(tmp_path):
         for box in CHOICES["model.head.box"] if quality != "dgqp" else ["general"]:
             cfg = load_config(path, [f"model.head.quality={quality}", f"model.loss.cls={cls}",
                                      f"model.head.box={box}"])  # fmt: skip
-            assert (cfg["model"]["head"]["quality"], cfg["model"]["head"]["box"]) == (quality, box)
-    assert load_config(path, ["model.loss.cls=vfl"])["model"]["loss"]["cls"] == "vfl"
-    assert load_config(path, ["train.optimizer=adamw"])["train"]["optimizer"] == "adamw"
+            assert (cfg.model.head.quality, cfg.model.head.box) == (quality, box)
+    assert load_config(path, ["model.loss.cls=vfl"]).model.loss.cls == "vfl"
+    assert load_config(path, ["train.optimizer=adamw"]).train.optimizer == "adamw"
 
 
 def test_classification_loss_must_fit_the_quality_representation(tmp_path):
@@ -412,7 +415,7 @@ def test_classification_loss_must_fit_the_quality_representation(tmp_path):
     assert "focal" in msg
     msg = config_error(path, ["model.loss.cls=vfl"])
     assert "'vfl'" in msg and "--set" in msg
-    assert load_config(path, ["model.loss.cls=focal"])["model"]["loss"]["cls"] == "focal"
+    assert load_config(path, ["model.loss.cls=focal"]).model.loss.cls == "focal"
     joint = write(tmp_path / "j.yaml", "model:\n  loss:\n    cls: focal\n")
     msg = config_error(joint)
     assert "'focal'" in msg and "'joint'" in msg and "qfl or vfl" in msg
@@ -436,16 +439,16 @@ def test_reg_max_and_bin_width_must_be_positive(tmp_path, item, key):
 def test_model_options_are_checked_for_configs_made_in_code():
     from gfldet.model.build import build_model
 
-    cfg = copy.deepcopy(DEFAULTS)
-    cfg["model"]["num_classes"] = 3
-    cfg["model"]["head"]["box"] = "foo"
+    cfg = Config()
+    cfg.model.num_classes = 3
+    cfg.model.head.box = "foo"
     # The model knows nothing of config files: its own error, naming the key.
     with pytest.raises(ValueError, match="model.head.box.*general, dirac, gaussian"):
-        build_model(cfg)
-    cfg["model"]["head"]["box"] = "dirac"
-    cfg["model"]["loss"]["cls"] = "focal"
+        build_model(cfg.model)
+    cfg.model.head.box = "dirac"
+    cfg.model.loss.cls = "focal"
     with pytest.raises(ValueError, match="model.loss.cls"):
-        build_model(cfg)
+        build_model(cfg.model)
 
 
 @pytest.mark.parametrize(
@@ -464,4 +467,4 @@ def test_keys_of_earlier_versions_say_what_to_write_instead(tmp_path):
     demo = ROOT / "configs" / "shapes_demo.yaml"
     with pytest.raises(ConfigError, match=r"model.head.strides.*model.neck.extra_levels"):
         load_config(demo, ["model.head.strides=[8,16,32,64]"])
-    assert load_config(demo, ["model.neck.extra_levels=1"])["model"]["neck"]["extra_levels"] == 1
+    assert load_config(demo, ["model.neck.extra_levels=1"]).model.neck.extra_levels == 1

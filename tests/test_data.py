@@ -18,6 +18,7 @@ import torch
 
 from gfldet.data.coco import BadImageError, CocoDetection
 from gfldet.data.loader import build_dataloader, build_dataset, eval_shard, worker_init_fn
+from gfldet.data.options import TrainSplitOptions, ValSplitOptions
 from gfldet.data.sampler import GroupedBatchSampler
 from gfldet.data.transforms import (
     TestTransform,
@@ -277,15 +278,8 @@ def test_missing_and_corrupt_image(coco_files):
 
 def test_dataloader_epoch(coco_files):
     ann_file, img_dir = coco_files
-    cfg = {
-        "ann_file": str(ann_file),
-        "img_dir": str(img_dir),
-        "img_scale": [96, 64],
-        "flip_prob": 0.5,
-        "ms_short_range": [48, 64],
-        "batch_size": 2,
-    }
-    ds = build_dataset(cfg, train=True)
+    split = dict(ann_file=str(ann_file), img_dir=str(img_dir), img_scale=[96, 64])
+    ds = build_dataset(TrainSplitOptions(**split, ms_short_range=[48, 64], batch_size=2), True)
     loader = build_dataloader(ds, batch_size=2, num_workers=0, train=True, seed=0)
     loader.batch_sampler.set_epoch(0)
     seen = []
@@ -299,7 +293,7 @@ def test_dataloader_epoch(coco_files):
             seen.append(t["image_id"])
     assert set(seen) == set(ds.img_ids)
 
-    ev = build_dataset({k: cfg[k] for k in ("ann_file", "img_dir", "img_scale")}, train=False)
+    ev = build_dataset(ValSplitOptions(**split), train=False)
     ids = [
         [t["image_id"] for t in batch[1]]
         for r in (0, 1)
@@ -310,13 +304,9 @@ def test_dataloader_epoch(coco_files):
 
 def test_worker_augmentation_reproducible(coco_files):
     ann_file, img_dir = coco_files
-    cfg = {
-        "ann_file": ann_file,
-        "img_dir": img_dir,
-        "img_scale": [96, 64],
-        "flip_prob": 0.5,
-        "ms_short_range": [48, 64],
-    }
+    cfg = TrainSplitOptions(
+        ann_file=str(ann_file), img_dir=str(img_dir), img_scale=[96, 64], ms_short_range=[48, 64]
+    )
 
     def augs(seed: int) -> list:
         loader = build_dataloader(build_dataset(cfg, train=True), 1, 1, train=True, seed=seed)
@@ -352,8 +342,9 @@ def test_sampler_resumes_mid_epoch_and_seeds_every_sample():
 
 def test_augmentation_does_not_depend_on_workers(coco_files):
     ann_file, img_dir = coco_files
-    cfg = {"ann_file": ann_file, "img_dir": img_dir, "img_scale": [96, 64], "flip_prob": 0.5,
-           "ms_short_range": [40, 64]}  # fmt: skip
+    cfg = TrainSplitOptions(
+        ann_file=str(ann_file), img_dir=str(img_dir), img_scale=[96, 64], ms_short_range=[40, 64]
+    )
     ds = build_dataset(cfg, train=True)
 
     def augs(workers: int, start: int = 0) -> list:

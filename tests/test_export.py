@@ -24,7 +24,7 @@ H, W = 64, 96
 def model():
     torch.manual_seed(0)
     cfg = gfldet.load_config("configs/shapes_demo.yaml", SETS)
-    m = gfldet.build_model(cfg).eval()
+    m = gfldet.build_model(cfg.model).eval()
     with torch.no_grad():  # spread the scores so that thresholds and NMS have work to do,
         m.head.gfl_cls.bias.uniform_(-4, 0)  # and make boxes of about 2 strides that vary
         m.head.gfl_reg.weight.normal_(0, 0.2)

@@ -10,8 +10,9 @@ import pytest
 import torch
 from test_interop import mmdet_gfl_state
 
-from gfldet.config import DEFAULTS
+from gfldet.config import Config
 from gfldet.core.checkpoint import save_checkpoint
+from gfldet.core.options import to_dict
 from gfldet.interop.mmdet import COCO_CLASSES
 from gfldet.model.build import build_model
 from gfldet.training.finetune import format_report, init_from_checkpoint, match_classes
@@ -25,14 +26,14 @@ CLS = ("head.gfl_cls.weight", "head.gfl_cls.bias")
 def tiny_model(
     classes: list[str], seed: int, feat: int = 16, bin_width: float = 1.0
 ) -> torch.nn.Module:
-    cfg = copy.deepcopy(DEFAULTS)
-    m = cfg["model"]
-    m["num_classes"] = len(classes)
-    m["backbone"].update(depth=18, base_width=8, frozen_stages=-1, norm_eval=False)
-    m["neck"]["out_channels"] = 16
-    m["head"].update(feat_channels=feat, stacked_convs=1, num_groups=4, bin_width=bin_width)
+    cfg = Config()
+    m = cfg.model
+    m.num_classes = len(classes)
+    vars(m.backbone).update(depth=18, base_width=8, frozen_stages=-1, norm_eval=False)
+    m.neck.out_channels = 16
+    vars(m.head).update(feat_channels=feat, stacked_convs=1, num_groups=4, bin_width=bin_width)
     torch.manual_seed(seed)
-    return build_model(cfg)
+    return build_model(cfg.model)
 
 
 def trained_state(classes: list[str], seed: int = 0, feat: int = 16) -> dict[str, torch.Tensor]:
@@ -293,9 +294,9 @@ def test_other_bin_width_is_refused(tmp_path, kind):
     # Same shapes, other bins: every edge would decode to another distance.
     model = tiny_model(["a"], seed=1)
     if kind == "gfldet":
-        cfg = copy.deepcopy(DEFAULTS)
-        cfg["model"]["head"]["bin_width"] = 0.5
-        path = save(tmp_path, trained_state(["a"]), ["a"], config=cfg)
+        cfg = Config()
+        cfg.model.head.bin_width = 0.5
+        path = save(tmp_path, trained_state(["a"]), ["a"], config=to_dict(cfg))
     else:
         mm = mmdet_gfl_state(18, 8, 16, 16, 1, 80, fill=torch.randn)
         n = model.head.box.reg_max

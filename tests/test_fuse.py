@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from gfldet.config import DEFAULTS
+from gfldet.config import Config
 from gfldet.model.backbones import ResNet
 from gfldet.model.build import build_model
 from gfldet.model.fuse import fold_batchnorms, prepare_for_inference
@@ -36,15 +36,15 @@ def randomise_batchnorms(module: nn.Module, seed: int = 0) -> None:
 
 
 def tiny_model(depth: int = 18, seed: int = 0):
-    cfg = copy.deepcopy(DEFAULTS)
-    m = cfg["model"]
-    m["num_classes"] = 3
-    m["backbone"].update(depth=depth, base_width=8, frozen_stages=-1, norm_eval=False)
-    m["neck"]["out_channels"] = 16
-    m["head"].update(feat_channels=16, stacked_convs=1, num_groups=4)
-    m["test"]["score_thr"] = 0.005  # an untrained model scores ~0.01: keep its detections
+    cfg = Config()
+    m = cfg.model
+    m.num_classes = 3
+    vars(m.backbone).update(depth=depth, base_width=8, frozen_stages=-1, norm_eval=False)
+    m.neck.out_channels = 16
+    vars(m.head).update(feat_channels=16, stacked_convs=1, num_groups=4)
+    m.test.score_thr = 0.005  # an untrained model scores ~0.01: keep its detections
     torch.manual_seed(seed)
-    model = build_model(cfg)
+    model = build_model(cfg.model)
     randomise_batchnorms(model, seed)
     return model
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -13,7 +12,7 @@ from test_interop import mmdet_gfl_state
 
 import gfldet
 from gfldet.cli import main
-from gfldet.config import DEFAULTS, load_config
+from gfldet.config import Config, load_config
 from gfldet.core.checkpoint import load_checkpoint, load_model_weights
 from gfldet.data.synth import shapes_overrides
 from gfldet.interop.mmdet import COCO_CLASSES, convert_state
@@ -45,7 +44,7 @@ def test_distribution_statistics_by_hand():
 def test_gflv2_r50_has_1409_parameters_more_than_gfl():
     cfg = load_config(V2, ["model.num_classes=80", "model.backbone.pretrained=null"])
     with torch.device("meta"):
-        model = build_model(cfg)
+        model = build_model(cfg.model)
     assert sum(p.numel() for p in model.parameters()) == GFL_PARAMS + 1409 == 32_441_946
     assert tuple(model.head.reg_conf[0].weight.shape) == (64, 20, 1, 1)
     assert model.head.gfl_quality is None
@@ -62,35 +61,35 @@ def test_the_gflv2_ablation_configs_are_all_there():
 @pytest.mark.parametrize("path", V2_ABLATIONS, ids=[p.stem for p in V2_ABLATIONS])
 def test_every_gflv2_ablation_config_builds(path):
     cfg = load_config(path, ["model.num_classes=80", "model.backbone.pretrained=null"])
-    d = cfg["model"]["head"]["dgqp"]
+    d = cfg.model.head.dgqp
     name = path.stem
     if name.startswith("v2_topk"):
-        assert d["topk"] == int(name.split("_")[2]) and d["add_mean"] == (
+        assert d.topk == int(name.split("_")[2]) and d.add_mean == (
             not name.endswith("no_mean")
-        ) and d["channels"] == 64  # fmt: skip
+        ) and d.channels == 64  # fmt: skip
     else:
-        assert (d["topk"], d["add_mean"], d["channels"]) == (4, True, int(name.split("_")[-1]))
+        assert (d.topk, d.add_mean, d.channels) == (4, True, int(name.split("_")[-1]))
     with torch.device("meta"):
-        model = build_model(cfg)
-    inputs, c = 4 * (d["topk"] + d["add_mean"]), d["channels"]
+        model = build_model(cfg.model)
+    inputs, c = 4 * (d.topk + d.add_mean), d.channels
     expect = GFL_PARAMS + inputs * c + c + c + 1
     assert sum(p.numel() for p in model.parameters()) == expect
     # Everything else is the GFLv2 recipe.
     base = load_config(V2, ["model.num_classes=80", "model.backbone.pretrained=null"])
-    base["model"]["head"]["dgqp"], base["work_dir"] = d, cfg["work_dir"]
+    base.model.head.dgqp, base.work_dir = d, cfg.work_dir
     assert cfg == base
 
 
 def tiny(quality: str = "dgqp", init_bias: float = 0.0) -> torch.nn.Module:
-    cfg = copy.deepcopy(DEFAULTS)
-    m = cfg["model"]
-    m["num_classes"] = 2
-    m["backbone"].update(depth=18, base_width=8)
-    m["neck"]["out_channels"] = 16
-    m["head"].update(feat_channels=16, stacked_convs=1, num_groups=4, quality=quality)
-    m["head"]["dgqp"]["init_bias"] = init_bias
+    cfg = Config()
+    m = cfg.model
+    m.num_classes = 2
+    vars(m.backbone).update(depth=18, base_width=8)
+    m.neck.out_channels = 16
+    vars(m.head).update(feat_channels=16, stacked_convs=1, num_groups=4, quality=quality)
+    m.head.dgqp.init_bias = init_bias
     torch.manual_seed(0)
-    return build_model(cfg)
+    return build_model(cfg.model)
 
 
 def test_dgqp_starts_at_sigmoid_of_init_bias():
@@ -210,6 +209,6 @@ def test_official_gflv2_checkpoints_convert():
             "model.backbone.base_width=8", "model.neck.out_channels=16",
             "model.head.feat_channels=16", "model.head.stacked_convs=2",
             "model.head.num_groups=4"]  # fmt: skip
-    model = gfldet.build_model(load_config(V2, sets))
+    model = gfldet.build_model(load_config(V2, sets).model)
     load_model_weights(model, ckpt, "converted")  # strict
     assert torch.equal(model.head.reg_conf[2].bias, mm["bbox_head.reg_conf.2.bias"])

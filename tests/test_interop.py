@@ -95,7 +95,7 @@ def test_full_r50_official_key_set_converts_and_loads_strictly():
     assert sum(v.numel() for k, v in mm.items() if not k.endswith(buffers)) == 32_440_537
     ckpt = convert_state(mm, {"CLASSES": COCO_CLASSES})
     cfg = gfldet.load_config(R50_CFG, ["model.num_classes=80", "model.backbone.pretrained=null"])
-    model = gfldet.build_model(cfg)
+    model = gfldet.build_model(cfg.model)
     assert _shapes(ckpt["model"]) == _shapes(model.state_dict())
     load_model_weights(model, ckpt, "converted")  # raises on any missing/unexpected/shape
     assert ckpt["classes"] == list(COCO_CLASSES) and ckpt["cat_ids"] == list(COCO_CAT_IDS)
@@ -115,7 +115,7 @@ def to_mmdet_names(sd: dict) -> dict:
 def test_roundtrip_through_mmdet_names_gives_identical_outputs(tmp_path, capsys):
     cfg = gfldet.load_config(R50_CFG, [*TINY, "model.num_classes=80"])
     torch.manual_seed(0)
-    ref = gfldet.build_model(cfg).eval()
+    ref = gfldet.build_model(cfg.model).eval()
     with torch.no_grad():  # non-trivial BN statistics and scales, so every tensor matters
         for name, buf in ref.named_buffers():
             if name.endswith("running_mean"):

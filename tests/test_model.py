@@ -14,8 +14,9 @@ import torchvision
 from torch import nn
 from torchvision.ops import box_iou
 
-from gfldet.config import DEFAULTS
+from gfldet.config import Config
 from gfldet.core.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from gfldet.core.options import to_dict
 from gfldet.model.backbones import ResNet, load_backbone_weights
 from gfldet.model.box_ops import aligned_box_iou, bbox2distance, distance2bbox, grid_points
 from gfldet.model.build import build_model
@@ -39,19 +40,19 @@ def _one_thread():
 
 
 def tiny_cfg(num_classes: int = 3, **test_cfg) -> dict:
-    cfg = copy.deepcopy(DEFAULTS)
-    m = cfg["model"]
-    m["num_classes"] = num_classes
-    m["backbone"].update(depth=18, base_width=8, frozen_stages=-1, norm_eval=False)
-    m["neck"]["out_channels"] = 16
-    m["head"].update(feat_channels=16, stacked_convs=1, num_groups=4)
-    m["test"].update(test_cfg)
+    cfg = Config()
+    m = cfg.model
+    m.num_classes = num_classes
+    vars(m.backbone).update(depth=18, base_width=8, frozen_stages=-1, norm_eval=False)
+    m.neck.out_channels = 16
+    vars(m.head).update(feat_channels=16, stacked_convs=1, num_groups=4)
+    vars(m.test).update(test_cfg)
     return cfg
 
 
 def tiny_model(seed: int = 0, num_classes: int = 3, **test_cfg) -> GFL:
     torch.manual_seed(seed)
-    return build_model(tiny_cfg(num_classes, **test_cfg))
+    return build_model(tiny_cfg(num_classes, **test_cfg).model)
 
 
 def shapes(module: nn.Module) -> dict[str, tuple]:
@@ -66,10 +67,10 @@ def bn_modules(module: nn.Module) -> list[nn.Module]:
 
 
 def test_default_model_has_official_gfl_r50_parameter_count():
-    cfg = copy.deepcopy(DEFAULTS)
-    cfg["model"]["num_classes"] = 80
+    cfg = Config()
+    cfg.model.num_classes = 80
     with torch.device("meta"):
-        model = build_model(cfg)
+        model = build_model(cfg.model)
     assert sum(p.numel() for p in model.parameters()) == 32_440_537
     # default frozen_stages=1: the stem and layer1 are not trained
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
@@ -238,8 +239,8 @@ def test_without_norm_eval_batchnorm_trains():
 
 def test_detector_train_reaches_backbone_norm_eval():
     cfg = tiny_cfg()
-    cfg["model"]["backbone"].update(frozen_stages=1, norm_eval=True)
-    model = build_model(cfg).train()
+    vars(cfg.model.backbone).update(frozen_stages=1, norm_eval=True)
+    model = build_model(cfg.model).train()
     assert model.training and model.head.training and model.backbone.layer2.training
     assert all(not bn.training for bn in bn_modules(model))
     assert all(gn.training for gn in model.head.modules() if isinstance(gn, nn.GroupNorm))
@@ -421,9 +422,9 @@ def test_training_forward_losses_and_gradients():
 
 def test_frozen_parameters_get_no_gradient():
     cfg = tiny_cfg()
-    cfg["model"]["backbone"].update(frozen_stages=1, norm_eval=True)
+    vars(cfg.model.backbone).update(frozen_stages=1, norm_eval=True)
     torch.manual_seed(0)
-    model = build_model(cfg).train()
+    model = build_model(cfg.model).train()
     images, targets = two_images()
     sum(model(images, targets).values()).backward()
     for n, p in model.named_parameters():
@@ -624,9 +625,9 @@ def _overfit_sample():
 def test_overfit_one_image():
     torch.manual_seed(0)
     cfg = tiny_cfg(num_classes=2, score_thr=0.0, max_per_img=10)
-    cfg["model"]["neck"]["out_channels"] = 32
-    cfg["model"]["head"].update(feat_channels=32, num_groups=8)
-    model = build_model(cfg).train()
+    cfg.model.neck.out_channels = 32
+    vars(cfg.model.head).update(feat_channels=32, num_groups=8)
+    model = build_model(cfg.model).train()
     img, targets = _overfit_sample()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     history = []
@@ -651,11 +652,11 @@ def test_overfit_one_image():
 
 def test_checkpoint_round_trip(tmp_path):
     model = tiny_model()
-    state = {"model": model.state_dict(), "epoch": 3, "iter": 120, "cfg": tiny_cfg()}
+    state = {"model": model.state_dict(), "epoch": 3, "iter": 120, "cfg": to_dict(tiny_cfg())}
     path = tmp_path / "sub" / "ckpt.pth"
     save_checkpoint(state, path)
     loaded = load_checkpoint(path)
-    assert loaded["epoch"] == 3 and loaded["iter"] == 120 and loaded["cfg"] == tiny_cfg()
+    assert loaded["epoch"] == 3 and loaded["iter"] == 120 and loaded["cfg"] == to_dict(tiny_cfg())
     other = tiny_model(seed=1)
     assert not torch.equal(other.head.gfl_reg.weight, model.head.gfl_reg.weight)
     load_model_weights(other, loaded, path)
@@ -753,8 +754,8 @@ def test_load_checkpoint_refuses_code(tmp_path):
 def test_load_model_weights_other_architecture(tmp_path):
     small = tiny_model(num_classes=3)
     cfg = tiny_cfg(num_classes=5)
-    cfg["model"]["head"]["stacked_convs"] = 2
-    other = build_model(cfg)
+    cfg.model.head.stacked_convs = 2
+    other = build_model(cfg.model)
     before = copy.deepcopy(other.state_dict())
     with pytest.raises(ValueError) as info:
         load_model_weights(other, {"model": small.state_dict()}, tmp_path / "x.pth")

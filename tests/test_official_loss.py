@@ -3,12 +3,11 @@ on the other images of its batch, and QFL is normalised by sum over images of ma
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 
-from gfldet.config import DEFAULTS
+from gfldet.config import Config
 from gfldet.model.atss import atss_assign
 from gfldet.model.box_ops import grid_valid_mask, square_anchors
 from gfldet.model.build import build_model
@@ -19,13 +18,13 @@ STRIDES = [8, 16, 32, 64, 128]
 
 
 def tiny_model(num_classes: int = 3):
-    cfg = copy.deepcopy(DEFAULTS)
-    cfg["model"]["num_classes"] = num_classes
-    cfg["model"]["backbone"].update(depth=18, base_width=8)
-    cfg["model"]["neck"]["out_channels"] = 16
-    cfg["model"]["head"].update(feat_channels=16, stacked_convs=1, num_groups=4)
+    cfg = Config()
+    cfg.model.num_classes = num_classes
+    vars(cfg.model.backbone).update(depth=18, base_width=8)
+    cfg.model.neck.out_channels = 16
+    vars(cfg.model.head).update(feat_channels=16, stacked_convs=1, num_groups=4)
     torch.manual_seed(0)
-    return build_model(cfg)
+    return build_model(cfg.model)
 
 
 def grid_of(pad_hw: tuple[int, int]) -> list[tuple[int, int]]:

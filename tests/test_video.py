@@ -91,7 +91,7 @@ def predictor(tmp_path_factory) -> Predictor:
     ]  # fmt: skip
     cfg = gfldet.load_config(DEMO, sets)
     torch.manual_seed(0)
-    model = gfldet.build_model(cfg)
+    model = gfldet.build_model(cfg.model)
     ckpt = root / "tiny.pth"
     save_checkpoint({"model": model.state_dict(), "classes": CLASSES, "cat_ids": [1, 2, 3]}, ckpt)
     return Predictor(cfg, ckpt, "cpu")

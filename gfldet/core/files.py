@@ -53,6 +53,14 @@ def write_json_atomic(obj: Any, path: str | Path, indent: int | None = None) -> 
         json.dump(json_safe(obj), f, indent=indent)
 
 
+def write_yaml_atomic(obj: dict, path: str | Path) -> None:
+    """Writes a plain dict as YAML, atomically (see atomic_open), keys in their order."""
+    import yaml
+
+    with atomic_open(path) as f:
+        yaml.safe_dump(obj, f, sort_keys=False)
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 

@@ -157,6 +157,18 @@ def value_problem(value: Any, tp: Any, meta: dict) -> str | None:
     return None
 
 
+def to_dict(options: Any) -> dict[str, Any]:
+    """An option section (or a whole config) as a plain nested dict: what YAML files and
+    checkpoints hold."""
+    return dataclasses.asdict(options)
+
+
+def checked(options: Any, prefix: str = "") -> Any:
+    """A copy of an option section whose every value is checked, as when it is read from a
+    file: for sections made or changed in code. Raises OptionError naming the dotted key."""
+    return from_dict(type(options), to_dict(options), prefix)
+
+
 def defaults_of(cls: type) -> dict[str, Any]:
     """The section's defaults as a plain nested dict."""
     return dataclasses.asdict(cls())

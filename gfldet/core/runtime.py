@@ -80,8 +80,8 @@ def configure_determinism(enabled: bool) -> None:
 
 def resolve_num_classes(cfg: dict, class_names: list[str], source: str) -> None:
     """model.num_classes from the dataset when unset; a mismatch is an error."""
-    n = cfg["model"]["num_classes"]
+    n = cfg.model.num_classes
     if n is None:
-        cfg["model"]["num_classes"] = len(class_names)
+        cfg.model.num_classes = len(class_names)
     elif n != len(class_names):
         raise ValueError(f"model.num_classes is {n} but {source} has {len(class_names)} categories")

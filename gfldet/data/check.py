@@ -71,8 +71,8 @@ def _read_images(dataset: CocoDetection, workers: int, name: str) -> list[str]:
         return [p for p in bar if p is not None]
 
 
-def check_data(cfg: dict, read_images: bool = True, workers: int = 2) -> dict:
-    """Checks both splits of `cfg["data"]` as `gfldet train` and `gfldet eval` would.
+def check_data(cfg: Any, read_images: bool = True, workers: int = 2) -> dict:
+    """Checks both splits of `cfg.data` as `gfldet train` and `gfldet eval` would.
 
     First with the config's `data.skip_bad_images`: a problem that stops training is an error.
     When that fails, again with skipping on, so that the problems after the first are found
@@ -81,12 +81,12 @@ def check_data(cfg: dict, read_images: bool = True, workers: int = 2) -> dict:
     "errors": [...], "skipped": [...]}}};
     `ok` is False when training or evaluation would stop on something.
     """
-    d = cfg["data"]
-    skip = d["skip_bad_images"]
+    d = cfg.data
+    skip = d.skip_bad_images
     report: dict[str, Any] = {"ok": True, "splits": {}}
-    classes = d["classes"]
+    classes = d.classes
     for name, train in (("train", True), ("val", False)):
-        split = d[name]
+        split = getattr(d, name)
         dataset, warnings, error = _build(split, train, skip, classes)
         errors = [error] if error else []
         if dataset is None and not skip:  # look past the first problem
@@ -97,7 +97,7 @@ def check_data(cfg: dict, read_images: bool = True, workers: int = 2) -> dict:
             if error and error not in errors:
                 errors.append(error)
         entry: dict[str, Any] = {
-            "format": split["format"], "ann_file": split["ann_file"], "errors": errors,
+            "format": split.format, "ann_file": split.ann_file, "errors": errors,
             "skipped": warnings,
         }  # fmt: skip
         if dataset is not None:
@@ -105,9 +105,7 @@ def check_data(cfg: dict, read_images: bool = True, workers: int = 2) -> dict:
                 classes = dataset.class_names  # the val split must have the same (VOC: takes them)
                 report["cat_ids"] = list(dataset.cat_ids)
             elif list(dataset.cat_ids) != report.get("cat_ids"):
-                errors.append(
-                    f"{split['ann_file']}: categories differ from {d['train']['ann_file']}"
-                )
+                errors.append(f"{split.ann_file}: categories differ from {d.train.ann_file}")
             objects = Counter(
                 dataset.class_names[int(label)]
                 for img in dataset.img_ids for label in dataset._targets[img][1]

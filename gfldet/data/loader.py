@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader
 
 from .coco import CocoDetection
+from .options import TrainSplitOptions, ValSplitOptions
 from .sampler import GroupedBatchSampler
 from .transforms import TestTransform, TrainTransform, collate_batch
 from .voc import read_voc
@@ -39,39 +40,40 @@ def read_annotations(
 
 
 def build_dataset(
-    split_cfg: dict, train: bool, skip_bad: bool = False, classes: list[str] | None = None
+    split_cfg: TrainSplitOptions | ValSplitOptions,
+    train: bool,
+    skip_bad: bool = False,
+    classes: list[str] | None = None,
 ) -> CocoDetection:
     """Builds a CocoDetection from a `data.train` / `data.val` config section.
 
-    Keys used: format, ann_file, img_dir, img_scale ([long, short]); for training also
-    flip_prob and ms_short_range (null or [min, max]). Other keys (batch_size, ...) are ignored.
-    skip_bad: the config's `data.skip_bad_images` (see CocoDetection); classes: the class names
-    of a VOC split, in label order (None: its sorted names).
+    Uses its format, ann_file, img_dir, img_scale ([long, short]); for training (a
+    TrainSplitOptions) also flip_prob and ms_short_range (null or [min, max]). skip_bad: the
+    config's `data.skip_bad_images` (see CocoDetection); classes: the class names of a VOC
+    split, in label order (None: its sorted names).
     """
-    img_scale = tuple(split_cfg["img_scale"])  # [long, short], checked by the config
+    img_scale = tuple(split_cfg.img_scale)  # [long, short], checked by the config
     if train:
-        ms = split_cfg.get("ms_short_range")
+        ms = split_cfg.ms_short_range
         transform = TrainTransform(
             img_scale=img_scale,
-            flip_prob=split_cfg.get("flip_prob", 0.5),
+            flip_prob=split_cfg.flip_prob,
             ms_short_range=tuple(ms) if ms is not None else None,
         )
     else:
         transform = TestTransform(img_scale=img_scale)
     data = read_annotations(
-        split_cfg.get("format", "coco"), split_cfg["ann_file"], split_cfg["img_dir"], classes,
+        split_cfg.format, split_cfg.ann_file, split_cfg.img_dir, classes,
         skip_bad,
     )  # fmt: skip
-    dataset = CocoDetection(
-        split_cfg["ann_file"], split_cfg["img_dir"], transform, train, skip_bad, data
-    )
+    dataset = CocoDetection(split_cfg.ann_file, split_cfg.img_dir, transform, train, skip_bad, data)
     # Found now, not at the first evaluation after hours of training.
     missing = dataset.missing_images()
     if missing:
         key = "data.train" if train else "data.val"
         what = (
-            f"{len(missing)} of {len(dataset)} image files of {split_cfg['ann_file']} are "
-            f"missing, e.g. {missing[0]} ({key}.img_dir is {split_cfg['img_dir']})"
+            f"{len(missing)} of {len(dataset)} image files of {split_cfg.ann_file} are "
+            f"missing, e.g. {missing[0]} ({key}.img_dir is {split_cfg.img_dir})"
         )
         if not skip_bad:
             raise FileNotFoundError(f"{what}; data.skip_bad_images: true skips them")

@@ -40,8 +40,6 @@ class DataOptions:
     # Unreadable images and invalid boxes: skip with a warning instead of failing.
     skip_bad_images: bool = option(False)
     val: ValSplitOptions = section(ValSplitOptions)
-    mean: list[float] = option([123.675, 116.28, 103.53], length=3)  # RGB, 0..255
-    std: list[float] = option([58.395, 57.12, 57.375], gt=0, length=3)
     size_divisor: int = option(32, ge=1)
     # Format voc: the class names in label order (default: the sorted <name>s of the train split).
     classes: list[str] | None = option(None)

@@ -125,10 +125,10 @@ def _split_counts(ds: CocoDetection, split: str, ann_file: str) -> dict[str, Any
     }
 
 
-def _model_scale(split_cfg: dict, train: bool) -> tuple[tuple[int, int], str]:
+def _model_scale(split_cfg: Any, train: bool) -> tuple[tuple[int, int], str]:
     """The (long, short) resize target the statistics use, and a note on how it was chosen."""
-    scale = tuple(split_cfg["img_scale"])
-    ms = split_cfg.get("ms_short_range") if train else None
+    scale = tuple(split_cfg.img_scale)
+    ms = split_cfg.ms_short_range if train else None
     if ms is None:
         return scale, f"single scale {scale[0]}x{scale[1]}"
     # TrainTransform draws the short side from ms and keeps the long side at max(img_scale).
@@ -299,41 +299,41 @@ def _assign_all(
 # The whole report
 
 
-def _build_split(cfg: dict, name: str, classes: list[str] | None) -> CocoDetection:
-    d = cfg["data"]
-    return build_dataset(d[name], name == "train", d["skip_bad_images"], classes)
+def _build_split(cfg: Any, name: str, classes: list[str] | None) -> CocoDetection:
+    d = cfg.data
+    return build_dataset(getattr(d, name), name == "train", d.skip_bad_images, classes)
 
 
 def _other_split(
-    cfg: dict, name: str, classes: list[str] | None
+    cfg: Any, name: str, classes: list[str] | None
 ) -> tuple[CocoDetection | None, dict[str, Any]]:
     """The split that only gets its counts, or (None, its error): it is secondary here, so a
     missing or broken file is reported rather than fatal."""
     try:
         ds = _build_split(cfg, name, classes)
     except (OSError, ValueError) as e:
-        return None, {"split": name, "ann_file": cfg["data"][name]["ann_file"], "error": str(e)}
-    return ds, _split_counts(ds, name, cfg["data"][name]["ann_file"])
+        return None, {"split": name, "ann_file": getattr(cfg.data, name).ann_file, "error": str(e)}
+    return ds, _split_counts(ds, name, getattr(cfg.data, name).ann_file)
 
 
-def _model_geometry(cfg: dict, num_classes: int) -> dict[str, Any]:
+def _model_geometry(cfg: Any, num_classes: int) -> dict[str, Any]:
     """Strides, anchors, topk and the box representation of the config's model, built on the
     CPU with the dataset's class count and no pretrained weights (nothing is downloaded, the
     model is not run)."""
-    mcfg = copy.deepcopy(cfg)
-    mcfg["model"]["num_classes"] = num_classes
-    mcfg["model"]["backbone"]["pretrained"] = None
-    model = build_model(mcfg)
+    m = copy.deepcopy(cfg.model)
+    m.num_classes = num_classes
+    m.backbone.pretrained = None
+    model = build_model(m)
     box = model.head.box
     return {
         "strides": [int(s) for s in model.strides],
-        "anchor_scale": float(model.anchor_scale),
-        "anchor_sides": [float(model.anchor_scale * s) for s in model.strides],
+        "anchor_scale": float(model.assigner.anchor_scale),
+        "anchor_sides": [float(model.assigner.anchor_scale * s) for s in model.strides],
         "topk": int(model.assigner.topk),
         "box": box.name,
         "reg_max": int(model.head.reg_max),
         "bin_width": float(box.bin_width) if hasattr(box, "bin_width") else None,
-        "extra_levels": int(cfg["model"]["neck"]["extra_levels"]),
+        "extra_levels": int(cfg.model.neck.extra_levels),
     }
 
 
@@ -454,7 +454,7 @@ def _unassigned(
 
 
 def dataset_statistics(
-    cfg: dict, out_dir: Path | None, max_images: int | None = None, split: str = "train"
+    cfg: Any, out_dir: Path | None, max_images: int | None = None, split: str = "train"
 ) -> dict[str, Any]:
     """Statistics of a config's dataset split as GFL will train on it (see the module
     docstring); also writes `data_stats.json` and three PNG plots when `out_dir` is given.
@@ -482,24 +482,24 @@ def dataset_statistics(
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be >= 1 or None, got {max_images}")
-    d = cfg["data"]
+    d = cfg.data
     train = split == "train"
     warnings: list[str] = []
 
     # The training split first either way: a VOC val split takes its class order.
     if train:
-        ds = _build_split(cfg, "train", d.get("classes"))
+        ds = _build_split(cfg, "train", d.classes)
         other_ds, other = _other_split(cfg, "val", ds.class_names)
     else:
-        other_ds, other = _other_split(cfg, "train", d.get("classes"))
-        ds = _build_split(cfg, "val", other_ds.class_names if other_ds else d.get("classes"))
+        other_ds, other = _other_split(cfg, "train", d.classes)
+        ds = _build_split(cfg, "val", other_ds.class_names if other_ds else d.classes)
     if other_ds is not None and other_ds.cat_ids != ds.cat_ids:
         warnings.append(
             f"the train and val splits have different category ids ({len(ds.cat_ids)} vs "
             f"{len(other_ds.cat_ids)} categories): training refuses them"
         )
-    counts = _split_counts(ds, split, d[split]["ann_file"])
-    n_cfg = cfg["model"]["num_classes"]
+    counts = _split_counts(ds, split, getattr(d, split).ann_file)
+    n_cfg = cfg.model.num_classes
     if n_cfg is not None and n_cfg != ds.num_classes:
         warnings.append(
             f"model.num_classes is {n_cfg} but the {split} split has {ds.num_classes} "
@@ -508,8 +508,8 @@ def dataset_statistics(
 
     geo = _model_geometry(cfg, ds.num_classes)
     names = _level_names(geo)
-    scale, scale_note = _model_scale(d[split], train)
-    divisor = int(d["size_divisor"])
+    scale, scale_note = _model_scale(getattr(d, split), train)
+    divisor = int(d.size_divisor)
 
     # Sizes over the whole split (cheap); the assignment over the sample.
     img_ids = [i for i in ds.img_ids if len(ds._targets[i][0])]

@@ -117,9 +117,9 @@ def export_onnx(
 
 def default_img_size(cfg: dict) -> tuple[int, int]:
     """(H, W) for the config's test scale, landscape, padded to size_divisor: e.g. 800 x 1344."""
-    d = cfg["data"]
-    div = d["size_divisor"]
-    short, long = min(d["val"]["img_scale"]), max(d["val"]["img_scale"])
+    d = cfg.data
+    div = d.size_divisor
+    short, long = min(d.val.img_scale), max(d.val.img_scale)
     return -(-short // div) * div, -(-long // div) * div
 
 

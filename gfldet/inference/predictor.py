@@ -40,15 +40,15 @@ def load_trained_model(
     """
     state = load_checkpoint(checkpoint)
     cfg = copy.deepcopy(cfg)
-    cfg["model"]["backbone"]["pretrained"] = None  # the checkpoint holds every weight
+    cfg.model.backbone.pretrained = None  # the checkpoint holds every weight
     if state.get("classes"):
         resolve_num_classes(cfg, state["classes"], str(checkpoint))
-    elif cfg["model"]["num_classes"] is None:
+    elif cfg.model.num_classes is None:
         head_bias = state["model"].get("head.gfl_cls.bias")
         if head_bias is None:
             raise ValueError(f"{checkpoint}: no class list and no head.gfl_cls.bias")
-        cfg["model"]["num_classes"] = int(head_bias.shape[0])
-    model = build_model(cfg)
+        cfg.model.num_classes = int(head_bias.shape[0])
+    model = build_model(cfg.model)
     key = "ema" if use_ema and "ema" in state else "model"
     load_model_weights(model, state, checkpoint, key=key)
     if key == "ema":
@@ -100,8 +100,8 @@ class Predictor:
         n = self.model.num_classes
         self.class_names: list[str] = list(state.get("classes") or [f"class_{i}" for i in range(n)])
         self.cat_ids: list[int] = [int(c) for c in state.get("cat_ids") or range(n)]
-        self.transform = TestTransform(tuple(cfg["data"]["val"]["img_scale"]))
-        self.size_divisor = cfg["data"]["size_divisor"]
+        self.transform = TestTransform(tuple(cfg.data.val.img_scale))
+        self.size_divisor = cfg.data.size_divisor
 
     def __call__(self, images: list[str | Path | np.ndarray]) -> list[dict]:
         """images: file paths or RGB uint8 arrays [H, W, 3]. Returns one dict per image."""

@@ -6,11 +6,10 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from torch import nn
 
-from ..core.options import from_dict
+from ..core.options import checked
 from .backbones import ResNet, TorchvisionBackbone, load_backbone_weights
 from .detector import GFL
 from .head import GFLHead
@@ -65,11 +64,10 @@ def build_backbone(o: BackboneOptions) -> nn.Module:
     return backbone
 
 
-def build_model(cfg: dict[str, Any]) -> GFL:
-    """Builds the detector from a config dict (see gfldet.config.DEFAULTS for the keys): its
-    `model` section, and `data.mean` / `data.std` for the input normalisation."""
-    m = from_dict(ModelOptions, cfg["model"], "model.")
+def build_model(m: ModelOptions) -> GFL:
+    """Builds the detector of a config's `model` section (`cfg.model`)."""
     # Every value and combination checked before the backbone (and its weights) are built.
+    m = checked(m, "model.")
     check_model_options(m)
     if m.num_classes is None:
         raise ValueError(
@@ -82,6 +80,4 @@ def build_model(cfg: dict[str, Any]) -> GFL:
         list(backbone.strides),
     )  # fmt: skip
     head = GFLHead(m.num_classes, neck.out_channels, len(neck.strides), m.head)
-    data = cfg.get("data", {})
-    norm = {k: tuple(data[k]) for k in ("mean", "std") if k in data}
-    return GFL(backbone, neck, head, m.loss, m.assigner, m.test, m.head.anchor_scale, **norm)
+    return GFL(backbone, neck, head, m.loss, m.assigner, m.test, tuple(m.mean), tuple(m.std))

@@ -65,7 +65,6 @@ class GFL(nn.Module):
         loss: LossOptions | None = None,
         assigner: AssignerOptions | None = None,
         test: TestOptions | None = None,
-        anchor_scale: float = 8.0,
         mean: tuple[float, ...] = (123.675, 116.28, 103.53),
         std: tuple[float, ...] = (58.395, 57.12, 57.375),
     ) -> None:
@@ -75,7 +74,6 @@ class GFL(nn.Module):
         self.strides = list(neck.strides)
         self.loss, self.assigner = loss or LossOptions(), assigner or AssignerOptions()
         self.test = test or TestOptions()
-        self.anchor_scale = anchor_scale
         if head.quality.soft_targets != CLS_LOSS_SOFT_TARGETS[self.loss.cls]:
             raise ValueError(
                 f"model.loss.cls {self.loss.cls!r} does not fit model.head.quality "
@@ -164,7 +162,7 @@ class GFL(nn.Module):
             for size, level in zip(sizes, grid_limits(sizes, self.strides, pads))
             for lim in level
         )
-        anchors = square_anchors(points, strides, self.anchor_scale)
+        anchors = square_anchors(points, strides, self.assigner.anchor_scale)
         num_level = [h * w for h, w in sizes]
         assigned, _ = atss_assign(
             anchors, num_level, gt_boxes, gt_valid, self.assigner.topk, sizes,

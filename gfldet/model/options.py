@@ -79,7 +79,6 @@ class HeadOptions:
     num_groups: int = option(32, ge=1)  # GroupNorm groups in the towers
     per_level_norm: bool = option(False)  # convs shared across levels, norms per level
     reg_max: int = option(16, ge=1)  # n: edge distances take bins 0..n (x bin_width strides)
-    anchor_scale: float = option(8.0, gt=0)  # ATSS anchor side = anchor_scale * stride
     prior_prob: float = option(0.01, gt=0, lt=1)
     # Ablations (paper Tables 1(a), 2(a), 2(c), docs/ablations.md); defaults are GFL.
     quality: str = option("joint", choices=QUALITIES)
@@ -105,7 +104,8 @@ class LossOptions:
 
 @dataclass
 class AssignerOptions:
-    topk: int = option(9, ge=1)
+    topk: int = option(9, ge=1)  # candidates per level and gt
+    anchor_scale: float = option(8.0, gt=0)  # ATSS anchor side = anchor_scale * stride
 
 
 @dataclass
@@ -124,6 +124,9 @@ class ModelOptions:
     # A new run starts from this detector checkpoint (gfldet's or MMDetection's), its class
     # conv rows matched by class name (gfldet.training.finetune); --resume continues a run.
     init_from: str | None = option(None)
+    # Input normalisation (x - mean) / std of RGB pixel values 0..255, done inside the model.
+    mean: list[float] = option([123.675, 116.28, 103.53], length=3)
+    std: list[float] = option([58.395, 57.12, 57.375], gt=0, length=3)
     backbone: BackboneOptions = section(BackboneOptions)
     neck: NeckOptions = section(NeckOptions)
     head: HeadOptions = section(HeadOptions)

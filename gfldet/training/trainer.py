@@ -32,7 +32,6 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from ..config import dump_config
 from ..core import dist as gdist
 from ..core.checkpoint import (
     link_checkpoint,
@@ -45,6 +44,8 @@ from ..core.checkpoint import (
 )
 from ..core.dist import init_distributed
 from ..core.draw import draw_detections
+from ..core.files import write_yaml_atomic
+from ..core.options import to_dict
 from ..core.runtime import (
     configure_determinism,
     resolve_device,
@@ -89,13 +90,13 @@ class Trainer:
         self, cfg: dict, resume: bool | str | Path = False, overwrite: bool = False
     ) -> None:
         self.cfg = cfg
-        t, d = cfg["train"], cfg["data"]
-        if t["tensorboard"]:
+        t, d = cfg.train, cfg.data
+        if t.tensorboard:
             TensorBoard.check_available()  # before anything is read or written
-        configure_determinism(t["deterministic"])
-        self.device = resolve_device(cfg["device"])
+        configure_determinism(t.deterministic)
+        self.device = resolve_device(cfg.device)
         init_distributed(self.device)
-        self.work_dir = Path(cfg["work_dir"])
+        self.work_dir = Path(cfg.work_dir)
         check_work_dir(self.work_dir)
         # A new run never mixes with an old one (see run_dir); rank 0's view decides for all.
         problem = None if resume else new_run_problem(self.work_dir)
@@ -123,57 +124,53 @@ class Trainer:
         setup_logging(self.work_dir)
         if moved is not None:
             log.info("--overwrite: moved the previous run's files to %s", moved)
-        seed_everything(cfg["seed"] + gdist.rank())
+        seed_everything(cfg.seed + gdist.rank())
 
-        skip = d["skip_bad_images"]
-        self.train_set = build_dataset(d["train"], True, skip, d["classes"])
+        skip = d.skip_bad_images
+        self.train_set = build_dataset(d.train, True, skip, d.classes)
         # A VOC val split takes the training set's classes (its own may lack some).
-        self.val_set = build_dataset(d["val"], False, skip, self.train_set.class_names)
-        resolve_num_classes(cfg, self.train_set.class_names, d["train"]["ann_file"])
+        self.val_set = build_dataset(d.val, False, skip, self.train_set.class_names)
+        resolve_num_classes(cfg, self.train_set.class_names, d.train.ann_file)
         if self.val_set.cat_ids != self.train_set.cat_ids:
-            raise ValueError(
-                f"{d['val']['ann_file']}: categories differ from {d['train']['ann_file']}"
-            )
+            raise ValueError(f"{d.val.ann_file}: categories differ from {d.train.ann_file}")
         ws, rk = gdist.world_size(), gdist.rank()
-        self.batch_size = d["train"]["batch_size"]
+        self.batch_size = d.train.batch_size
         self.train_loader = build_dataloader(
-            self.train_set, self.batch_size, d["train"]["num_workers"], True,
-            cfg["seed"], ws, rk, d["size_divisor"],
+            self.train_set, self.batch_size, d.train.num_workers, True,
+            cfg.seed, ws, rk, d.size_divisor,
         )  # fmt: skip
         self.val_loader = build_dataloader(
-            self.val_set, d["val"]["batch_size"], d["val"]["num_workers"], False,
-            cfg["seed"], ws, rk, d["size_divisor"],
+            self.val_set, d.val.batch_size, d.val.num_workers, False,
+            cfg.seed, ws, rk, d.size_divisor,
         )  # fmt: skip
 
         # Rank 0 first: it fetches pretrained weights into the cache that the others then read.
         if not gdist.is_main():
             gdist.barrier()
-        model = build_model(cfg)
+        model = build_model(cfg.model)
         if gdist.is_main():
             gdist.barrier()
-        if cfg["model"]["init_from"] and not resume:  # before the EMA copy and DDP
-            report = init_from_checkpoint(
-                model, cfg["model"]["init_from"], self.train_set.class_names
-            )
+        if cfg.model.init_from and not resume:  # before the EMA copy and DDP
+            report = init_from_checkpoint(model, cfg.model.init_from, self.train_set.class_names)
             for line in format_report(report).splitlines():
                 log.info(line)
         model = self._maybe_sync_bn(model).to(self.device)
         self.ema = None
-        if t["ema"]:
+        if t.ema:
             # The average is kept on every rank (each evaluates its shard with it); buffers are
             # averaged too, so BatchNorm statistics follow the weights.
             self.ema = AveragedModel(
-                model, multi_avg_fn=get_ema_multi_avg_fn(t["ema_decay"]), use_buffers=True
+                model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True
             )
         self.model: nn.Module = model
         if gdist.is_distributed():
             self.model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.base_lr = t["lr"] * self.batch_size * ws / t["base_batch_size"]
+        self.base_lr = t.lr * self.batch_size * ws / t.base_batch_size
         self.optimizer = build_optimizer(model, t, self.base_lr)
         # fp16 needs loss scaling against underflow; the CPU's bf16 has float32's range.
-        self.amp = bool(t["amp"])
+        self.amp = bool(t.amp)
         self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp and self.device.type == "cuda"
@@ -193,24 +190,22 @@ class Trainer:
             self._resume(resume)
         # Only now, with the resume validated: the run's config.yaml is what resumes it.
         if gdist.is_main():
-            dump_config(cfg, self.work_dir / "config.yaml")
+            write_yaml_atomic(to_dict(cfg), self.work_dir / "config.yaml")
         start_log_file(self.work_dir)
-        self.tensorboard = (
-            TensorBoard(self.work_dir) if t["tensorboard"] and gdist.is_main() else None
-        )
+        self.tensorboard = TensorBoard(self.work_dir) if t.tensorboard and gdist.is_main() else None
         n_params = sum(p.numel() for p in model.parameters())
         log.info(
             "model: %d classes, %.2fM parameters; %d train / %d val images; device %s x%d; lr %g"
             "%s%s", model.num_classes, n_params / 1e6, len(self.train_set), len(self.val_set),
             self.device, ws, self.base_lr, f"; amp {str(self.amp_dtype)[6:]}" if self.amp else "",
-            f"; ema {t['ema_decay']}" if self.ema is not None else "",
+            f"; ema {t.ema_decay}" if self.ema is not None else "",
         )  # fmt: skip
 
     def _maybe_sync_bn(self, model: GFL) -> GFL:
         """train.sync_bn: BatchNorm statistics over all ranks' images (CUDA only, as torch's)."""
-        if not self.cfg["train"]["sync_bn"]:
+        if not self.cfg.train.sync_bn:
             return model
-        if self.cfg["model"]["backbone"]["norm_eval"]:
+        if self.cfg.model.backbone.norm_eval:
             log.warning(
                 "train.sync_bn has no effect while model.backbone.norm_eval is true "
                 "(BatchNorm statistics are frozen); set norm_eval: false to train them"
@@ -237,14 +232,14 @@ class Trainer:
             "epoch": self.epoch,
             "iter": self.iter,
             "epoch_iter": self.epoch_iter,
-            # The lr schedule is lr_at(cfg, base_lr, epoch, iter); base_lr depends on these.
+            # The lr schedule is lr_at(cfg.train, base_lr, epoch, iter); base_lr depends on these.
             "base_lr": self.base_lr,
             "world_size": gdist.world_size(),
             "batch_size": self.batch_size,
             "skipped_images": self.skipped_images,
             "epoch_sums": dict(self.epoch_sums),  # results.csv's epoch means, exact on resume
             "epoch_steps": self.epoch_steps,
-            "config": self.cfg,
+            "config": to_dict(self.cfg),
             "classes": list(self.train_set.class_names),
             "cat_ids": [int(c) for c in self.train_set.cat_ids],
             "rng": rng if rng is not None else [rng_state(self.device)],
@@ -269,7 +264,7 @@ class Trainer:
             if epoch_file:
                 save_checkpoint(state, self.work_dir / epoch_file)
                 link_checkpoint(self.work_dir / epoch_file, latest)
-                keep = self.cfg["train"]["keep_last"]
+                keep = self.cfg.train.keep_last
                 for p in prune_checkpoints(self.work_dir, keep, up_to=self.epoch):
                     log.info("removed %s (train.keep_last: %d)", p, keep)
             else:
@@ -340,7 +335,7 @@ class Trainer:
         other quantities), or other trainable parameters (e.g. another frozen_stages)."""
         saved_cfg = state.get("config") or {}
         then = saved_cfg.get("train", {}).get("optimizer")
-        now = self.cfg["train"]["optimizer"]
+        now = self.cfg.train.optimizer
         if then is not None and then != now:
             raise ValueError(
                 f"{path}: cannot resume: the run was trained with train.optimizer {then!r} and "
@@ -353,7 +348,7 @@ class Trainer:
         if saved != current:
             key = "model.backbone.frozen_stages"
             was = saved_cfg.get("model", {}).get("backbone", {}).get("frozen_stages")
-            is_ = self.cfg["model"]["backbone"]["frozen_stages"]
+            is_ = self.cfg.model.backbone.frozen_stages
             change = f" ({key} was {was}, is {is_})" if was is not None and was != is_ else ""
             raise ValueError(
                 f"{path}: cannot resume: its optimizer state covers {sum(saved)} trainable "
@@ -440,7 +435,7 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
 
     def _max_iters_reached(self) -> bool:
-        m = self.cfg["train"]["max_iters"]
+        m = self.cfg.train.max_iters
         return m is not None and self.iter >= m
 
     def train_step(self, images: torch.Tensor, targets: list[dict], lr: float) -> dict[str, float]:
@@ -449,7 +444,7 @@ class Trainer:
         A NaN / inf loss on any rank raises FloatingPointError on every rank, before backward:
         the weights, optimizer and checkpoints stay as they were.
         """
-        t = self.cfg["train"]
+        t = self.cfg.train
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         images = images.to(self.device, non_blocking=True)
@@ -472,10 +467,10 @@ class Trainer:
         loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if t["grad_clip"]:
+        if t.grad_clip:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
             params = [p for p in self.model.parameters() if p.requires_grad]
-            nn.utils.clip_grad_norm_(params, t["grad_clip"])
+            nn.utils.clip_grad_norm_(params, t.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
@@ -485,18 +480,18 @@ class Trainer:
     def train_epoch(self) -> bool:
         """Trains on the rest of the epoch. Returns True at its end, False when stopped early
         (train.max_iters, or a signal: then `self._stopped` is set on every rank)."""
-        t = self.cfg["train"]
+        t = self.cfg.train
         self.model.train()
         sampler = self.train_loader.batch_sampler
         sampler.set_epoch(self.epoch, self.epoch_iter)
         n = self.epoch_iter + len(sampler)
         bar = tqdm(
-            self.train_loader, desc=f"epoch {self.epoch + 1}/{t['epochs']}",
+            self.train_loader, desc=f"epoch {self.epoch + 1}/{t.epochs}",
             initial=self.epoch_iter, total=n, disable=not gdist.is_main(), dynamic_ncols=True,
             file=sys.stdout,
         )  # fmt: skip
         start = time.time()
-        every = t["checkpoint_interval_iters"]
+        every = t.checkpoint_interval_iters
         for images, targets in bar:
             # One all-reduce agrees on what every rank must do the same way.
             empty, stop, skipped = gdist.reduce_sum(
@@ -513,7 +508,7 @@ class Trainer:
                     "iteration %d: %d unreadable image(s) skipped, %d so far "
                     "(data.skip_bad_images)", self.iter + 1, skipped, self.skipped_images,
                 )  # fmt: skip
-            lr = lr_at(self.cfg, self.base_lr, self.epoch, self.iter)
+            lr = lr_at(self.cfg.train, self.base_lr, self.epoch, self.iter)
             losses = None
             if empty:  # some rank has no image at all: nobody steps, so DDP stays in lockstep
                 if gdist.is_main():
@@ -526,7 +521,7 @@ class Trainer:
             self.iter += 1
             self.epoch_iter += 1
             self.lr = lr
-            if losses and (self.iter % t["log_interval"] == 0 or self.iter == 1):
+            if losses and (self.iter % t.log_interval == 0 or self.iter == 1):
                 loss = sum(losses.values())
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", **{
                     k.removeprefix("loss_"): f"{v:.3f}" for k, v in losses.items()
@@ -585,7 +580,7 @@ class Trainer:
             sample = ds[i]
             if sample is None:
                 continue
-            batch, targets = collate_batch([sample], self.cfg["data"]["size_divisor"])
+            batch, targets = collate_batch([sample], self.cfg.data.size_divisor)
             det = model.predict(batch.to(self.device), targets)[0]
             rgb = ds.read_image(ds.img_ids[i])
             drawn = draw_detections(rgb[:, :, ::-1], det["boxes"], det["scores"], det["labels"],
@@ -606,10 +601,10 @@ class Trainer:
         Raises TrainingInterrupted after SIGINT / SIGTERM (a checkpoint is saved first) and
         FloatingPointError on a NaN / inf loss.
         """
-        t = self.cfg["train"]
+        t = self.cfg.train
         metrics: dict = {}
         with self._signals_handled():
-            while self.epoch < t["epochs"] and not self._max_iters_reached():
+            while self.epoch < t.epochs and not self._max_iters_reached():
                 self.train_epoch()
                 if self._stopped:
                     self._save_and_stop()
@@ -617,12 +612,12 @@ class Trainer:
                 self._end_epoch()
                 self.epoch += 1
                 self.epoch_iter = 0
-                last = self.epoch == t["epochs"] or self._max_iters_reached()
-                if last or self.epoch % t["checkpoint_interval"] == 0:
+                last = self.epoch == t.epochs or self._max_iters_reached()
+                if last or self.epoch % t.checkpoint_interval == 0:
                     self.save(f"epoch_{self.epoch}.pth")
-                elif t["checkpoint_interval_iters"]:
+                elif t.checkpoint_interval_iters:
                     self.save()
-                if t["eval_interval"] and (last or self.epoch % t["eval_interval"] == 0):
+                if t.eval_interval and (last or self.epoch % t.eval_interval == 0):
                     metrics = self._evaluate()
                 self._write_results()
                 if self._stop_requested():

@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.gfldet-dev-installed
 DEMO_CFG := configs/shapes_demo.yaml
 DEMO_DIR := work_dirs/shapes_demo
 
-.PHONY: setup demo test lint bench bench-converge bench-gpu clean
+.PHONY: setup demo test test-fast lint bench bench-converge bench-gpu clean
 
 setup: $(DEV_STAMP)
 
@@ -38,6 +38,10 @@ demo: $(STAMP)
 # The lint CI runs is `make lint`'s (ruff is pinned in the dev extra, so it cannot drift).
 test: lint
 	$(BIN)/python -m pytest tests
+
+# Everything but the tests marked slow (trainings, torchrun, benchmark scripts).
+test-fast: $(DEV_STAMP)
+	$(BIN)/python -m pytest tests -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py --out bench.json

@@ -58,10 +58,13 @@ def option(
     le: float | None = None,
     lt: float | None = None,
     length: int | None = None,
+    help: str | None = None,
 ) -> Any:
     """A dataclass field with its constraints. Bounds apply to a number, or to every item of a
-    list; `length` fixes a list's length; `choices` lists the allowed values."""
+    list; `length` fixes a list's length; `choices` lists the allowed values; `help` is the
+    one-line description that docs/configs.md and the JSON Schema show."""
     meta = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "length": length}
+    meta["help"] = help
     meta = {k: v for k, v in meta.items() if v is not None}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)

@@ -43,21 +43,23 @@ test: lint
 test-fast: $(DEV_STAMP)
 	$(BIN)/python -m pytest tests -m "not slow"
 
+# The benchmarks are the package benchmarks/ at the repository root, run as modules from here.
 bench: $(STAMP)
-	$(BIN)/python scripts/bench.py --out bench.json
+	$(BIN)/python -m benchmarks.bench --out bench.json
 
 bench-converge: $(STAMP)
-	$(BIN)/python scripts/bench_converge.py --out bench_converge.json
-	$(BIN)/python scripts/bench_converge.py --peer ssdlite --out bench_converge_lite.json
+	$(BIN)/python -m benchmarks.bench_converge --out bench_converge.json
+	$(BIN)/python -m benchmarks.bench_converge --peer ssdlite --out bench_converge_lite.json
 
-# The CUDA paths (fp16, NCCL, pinned memory, EMA, SyncBN) checked and timed, sized for ~5 minutes on
-# one GPU; exits 2 without one (`scripts/bench_gpu.py --cpu-smoke` runs every section on the CPU).
+# The CUDA paths (fp16, NCCL, pinned memory, EMA, SyncBN) checked and timed, sized for a few
+# minutes on one GPU; exits 2 without one (`python -m benchmarks.bench_gpu --cpu-smoke` runs
+# every section on the CPU).
 bench-gpu: $(STAMP)
-	$(BIN)/python scripts/bench_gpu.py --out bench_gpu.json
+	$(BIN)/python -m benchmarks.bench_gpu --out bench_gpu.json
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check gfldet tests scripts
-	$(BIN)/ruff format --check gfldet tests scripts
+	$(BIN)/ruff check gfldet tests benchmarks tools
+	$(BIN)/ruff format --check gfldet tests benchmarks tools
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

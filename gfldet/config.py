@@ -1,22 +1,22 @@
 """YAML configs: defaults, `_base_` inheritance, `--set` overrides and validation.
 
-A config is a plain nested dict. Its schema is declared where each part lives, as typed option
-dataclasses (gfldet.core.options): `model.*` in gfldet/model/options.py, `data.*` in
-gfldet/data/options.py, `train.*` in gfldet/training/options.py, and the top-level keys below.
+A config file is a nested YAML mapping, loaded into the typed `Config`. Its schema is declared
+where each part lives, as typed option dataclasses (gfldet.core.options): `model.*` in
+gfldet/model/options.py, `data.*` in gfldet/data/options.py, `train.*` in
+gfldet/training/options.py, and the top-level keys below.
 Files only override defaults; a key not in the schema, a value of the wrong type or out of its
 range, a duplicate key, or a combination of switches that does not fit is an error naming the
-dotted key and the file (and line) it came from.
+dotted key and the file and line it came from. Files are read by the project's one safe YAML
+loader (gfldet.core.yaml_io); the shipped configs (gfldet/configs/) are found by name.
 """
 
 from __future__ import annotations
 
 import copy
-import re
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from .core.files import write_yaml_atomic
 from .core.options import (
@@ -27,25 +27,38 @@ from .core.options import (
     is_section,
     option,
     section,
+    short_repr,
     to_dict,
     value_problem,
 )
+from .core.yaml_io import YamlError, load_yaml_file, load_yaml_text
 from .data.options import DataOptions
 from .model.options import ModelOptions
 from .model.options import check_model_options as _check_model
 from .training.options import TrainOptions
-
-# `device`: auto (a GPU when there is one), cpu, cuda, cuda:N or mps.
-DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass
 class Config:
     """A whole config: the top-level keys and one typed section per job."""
 
-    work_dir: str = option("work_dirs/default")
-    seed: int = option(0, ge=0)
-    device: str = option("auto")  # auto | cpu | cuda | cuda:N | mps
+    work_dir: str = option(
+        "work_dirs/default",
+        help="output folder of training: resolved config, logs, checkpoints, evaluation "
+        "results (--work-dir overrides it)",
+    )
+    seed: int = option(
+        0,
+        ge=0,
+        help="random seed; each process seeds python, numpy and torch with seed + rank, and the "
+        "data order and augmentation follow from it (also after a resume)",
+    )
+    device: str = option(
+        "auto",
+        pattern=r"auto|cpu|mps|cuda(:\d+)?",
+        help="auto (this process's GPU when CUDA is available, else the CPU), cpu, cuda (GPU "
+        "LOCAL_RANK), cuda:N or mps",
+    )
     model: ModelOptions = section(ModelOptions)
     data: DataOptions = section(DataOptions)
     train: TrainOptions = section(TrainOptions)
@@ -72,66 +85,79 @@ class ConfigError(ValueError):
     """A config file or override that does not match the schema."""
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads YAML 1.2 floats such as `1e-4` (PyYAML's 1.1 rules need a dot
-    and a signed exponent, so `lr: 1e-4` would silently be a string), and refuses duplicate keys
-    (PyYAML keeps the last one: a second `train:` section would silently replace the first)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        first: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                seen = first.get(key)
-            except TypeError:  # an unhashable key: the base class reports it
-                break
-            if seen is not None:
-                raise _DuplicateKey(key, key_node.start_mark.line + 1, seen)
-            first[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep)
+# The configs shipped with gfldet (package data), reachable by name from any folder.
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, line: int, first_line: int) -> None:
-        super().__init__(f"duplicate key {key!r}")
-        self.key, self.line, self.first_line = key, line, first_line
+def shipped_configs() -> dict[str, Path]:
+    """{name: file} of the shipped configs; a name is the file's path under gfldet/configs
+    without `.yaml` (`gfl_r50_fpn_1x_coco`, `ablations/t3_qfl`)."""
+    files = SHIPPED_CONFIGS.glob("**/*.yaml")
+    names = {p.relative_to(SHIPPED_CONFIGS).with_suffix("").as_posix(): p for p in files}
+    return {n: names[n] for n in sorted(names, key=lambda n: ("/" in n, n))}
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
+def shipped_config_list() -> str:
+    """One line per shipped config: its name and the first comment line of its file (what
+    `gfldet config list` prints)."""
+    configs = shipped_configs()
+    width = max(map(len, configs))
+    lines = []
+    for name, path in configs.items():
+        text = path.read_text(encoding="utf-8").splitlines()
+        first = next((ln.lstrip("#").strip() for ln in text if ln.startswith("#")), "")
+        lines.append(f"{name:<{width}}  {first}".rstrip())
+    return "\n".join(lines)
 
 
-def _yaml_value(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+def _shipped(name: str) -> Path | None:
+    """The shipped config called `name` (with or without `.yaml`), or None."""
+    stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    return shipped_configs().get(stem)
 
 
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+def _shown(text: str, limit: int = 200) -> str:
+    """`text` (a path or key from the user) cut to `limit` characters for an error message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _not_found(what: str, name: str) -> str:
+    """'<what>: <name>' and the shipped names that a name could have meant, on one line."""
+    names = list(shipped_configs())
+    top = [n for n in names if "/" not in n]
+    more = len(names) - len(top)
+    close = difflib.get_close_matches(Path(name).with_suffix("").as_posix(), names, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return (
+        f"{what}: {_shown(name)}{hint} (neither a file nor a shipped config; shipped: "
+        f"{', '.join(top)} and {more} under ablations/: `gfldet config list` shows all)"
+    )
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """The config file that `--config NAME` means: the file `name` when there is one, else the
+    shipped config of that name. Raises ConfigError listing the shipped names otherwise."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = _shipped(str(name))
+    if shipped is None:
+        raise ConfigError(_not_found("config file not found", str(name)))
+    return shipped
+
+
+def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
+    """The file's top-level mapping, and the line of each (dotted) key in it."""
+    lines: dict[str, int] = {}
     try:
-        data = _yaml_value(path.read_text())
-    except _DuplicateKey as e:
-        raise ConfigError(
-            f"{path}:{e.line}: duplicate key '{e.key}' (first set at line {e.first_line}); a "
-            "repeated key or section would silently replace the first: merge them"
-        ) from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        data = load_yaml_file(path, lines)
+    except YamlError as e:
+        raise ConfigError(str(e)) from None
     if data is None:
-        return {}
+        return {}, lines
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    return data
+    return data, lines
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -142,28 +168,35 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _load_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict[str, Path]]:
-    """Returns the file's merged content and, for each dotted key, the file that set it."""
+def _load_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict[str, str]]:
+    """Returns the file's merged content and, for each dotted key, where it was set
+    ('file:line')."""
     path = path.resolve()
     if path in chain:
         cycle = " -> ".join(str(p) for p in (*chain, path))
         raise ConfigError(f"_base_ inheritance cycle: {cycle}")
-    data = _read_yaml(path)
+    data, lines = _read_yaml(path)
     bases = data.pop("_base_", [])
     bases = [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"{path}: _base_ must be a file path or a list of paths, got {bases!r}")
+        raise ConfigError(
+            f"{path}: _base_ must be a file path or a list of paths, got {short_repr(bases)}"
+        )
     merged: dict = {}
-    origin: dict[str, Path] = {}
+    origin: dict[str, str] = {}
     for b in bases:
         base_path = (path.parent / b).resolve()
         if not base_path.is_file():
-            raise ConfigError(f"{path}: _base_ file not found: {b}")
+            base_path = _shipped(b)  # a shipped config by name
+            if base_path is None:
+                raise ConfigError(_not_found(f"{path}: _base_ file not found", b))
         content, base_origin = _load_with_bases(base_path, (*chain, path))
         merged = _merge(merged, content)
         origin.update(base_origin)
     merged = _merge(merged, data)
-    origin.update({k: path for k in _dotted_keys(data)})
+    origin.update(
+        {k: f"{path}:{lines[k]}" if k in lines else str(path) for k in _dotted_keys(data)}
+    )
     return merged, origin
 
 
@@ -188,18 +221,19 @@ RENAMED: dict[str, str] = {
 }
 
 
-def _check(value: Any, tp: Any, meta: dict, key: str, origin: dict[str, Path]) -> None:
+def _check(value: Any, tp: Any, meta: dict, key: str, origin: dict[str, str]) -> None:
     """Checks `value` against the option type `tp` (a section dataclass or a value type)."""
     where = origin.get(key, "--set")
     if is_section(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be a mapping, got {short_repr(value)}")
         fields = fields_of(tp)
         for k, v in value.items():
             sub = f"{key}.{k}" if key else str(k)
             if k not in fields:
                 hint = f"; {RENAMED[sub]}" if sub in RENAMED else ""
-                raise ConfigError(f"{origin.get(sub, '--set')}: unknown config key '{sub}'{hint}")
+                where = origin.get(sub, "--set")
+                raise ConfigError(f"{where}: unknown config key '{_shown(sub, 100)}'{hint}")
             _check(v, *fields[k], sub, origin)
         return
     problem = value_problem(value, tp, meta)
@@ -207,9 +241,9 @@ def _check(value: Any, tp: Any, meta: dict, key: str, origin: dict[str, Path]) -
         raise ConfigError(f"{where}: '{key}' {problem}")
 
 
-def check_combinations(cfg: dict, origin: dict[str, Path | str] | None = None) -> None:
+def check_combinations(cfg: dict, origin: dict[str, str] | None = None) -> None:
     """Checks values against each other (each one alone is checked by its option): the
-    model's switches (gfldet.model.options.check_model_options), `device`, and
+    model's switches (gfldet.model.options.check_model_options) and
     `data.train.ms_short_range`. Raises ConfigError naming the keys, their values and, when
     `origin` (dotted key -> file or '--set') is given, where they were set."""
 
@@ -223,11 +257,6 @@ def check_combinations(cfg: dict, origin: dict[str, Path | str] | None = None) -
     except OptionError as e:
         prefix = "" if all(k.startswith("model.") for k in e.keys) else "model."
         raise ConfigError(e.render(at, prefix)) from None
-    if not DEVICE.match(cfg["device"]):
-        raise ConfigError(
-            f"{at('device')} must be auto, cpu, cuda, cuda:N (a GPU index) or mps; "
-            f"got {cfg['device']!r}"
-        )
     ms = cfg["data"]["train"]["ms_short_range"]
     if ms is not None and ms[0] > ms[1]:
         raise ConfigError(f"{at('data.train.ms_short_range')} must be [min, max], got {ms}")
@@ -245,8 +274,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set expects key=value, got '{item}'")
     key, raw = item.split("=", 1)
     try:
-        value = _yaml_value(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = load_yaml_text(raw, "--set") if raw.strip() else None
+    except YamlError:
         value = raw
     return key.strip().split("."), value
 
@@ -271,9 +300,10 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Loads a YAML config over the defaults, resolving `_base_` files, then `--set` overrides.
 
-    Returns the typed Config (every key of the schema, checked).
+    `path` is a file, or the name of a shipped config (`gfl_r50_fpn_1x_coco`, see
+    resolve_config_path). Returns the typed Config (every key of the schema, checked).
     """
-    data, origin = _load_with_bases(Path(path))
+    data, origin = _load_with_bases(resolve_config_path(path))
     _check(data, Config, {}, "", origin)
     overrides = overrides or []
     cfg = apply_overrides(_merge(copy.deepcopy(DEFAULTS), data), overrides)

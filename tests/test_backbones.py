@@ -21,7 +21,7 @@ from gfldet.config import Config, load_config
 from gfldet.core.checkpoint import load_model_weights
 from gfldet.data.synth import shapes_overrides
 from gfldet.inference.export import check_onnx, export_onnx
-from gfldet.model.backbones import TorchvisionBackbone, load_backbone_weights
+from gfldet.model.backbones import TorchvisionBackbone, hub_cache_file, load_backbone_weights
 from gfldet.model.build import BACKBONES, NECKS, build_model
 from gfldet.model.detector import GFL
 from gfldet.model.fuse import fold_batchnorms, prepare_for_inference
@@ -149,20 +149,22 @@ def test_frozen_stages_of_a_torchvision_backbone():
     assert net.features[5].training
 
 
-def test_torchvision_weights_load_by_name_without_the_classifier(monkeypatch):
+def test_torchvision_weights_load_by_name_without_the_classifier(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # the file already in torch's hub cache
+    name = "MobileNet_V3_Small_Weights.IMAGENET1K_V1"
+    cached = hub_cache_file(torchvision.models.get_weight(name))
+    assert cached.parent == tmp_path / "hub" / "checkpoints"
+    cached.parent.mkdir(parents=True)
     tv = torchvision.models.mobilenet_v3_small()
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url",
-                        lambda *a, **k: tv.state_dict())  # fmt: skip
+    torch.save(tv.state_dict(), cached)
     net = TorchvisionBackbone("mobilenet_v3_small")
-    load_backbone_weights(net, "MobileNet_V3_Small_Weights.IMAGENET1K_V1")
+    load_backbone_weights(net, name)
     assert torch.equal(net.features[3].block[0][0].weight, tv.features[3].block[0][0].weight)
     assert net.classifier_keys == ("features.12.", "avgpool.", "classifier.")
     # Another network's weights do not fit: an error, never a partial load.
-    other = torchvision.models.mobilenet_v3_large().state_dict()
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url",
-                        lambda *a, **k: other)  # fmt: skip
+    torch.save(torchvision.models.mobilenet_v3_large().state_dict(), cached)
     with pytest.raises(ValueError, match="do not fit"):
-        load_backbone_weights(net, "MobileNet_V3_Small_Weights.IMAGENET1K_V1")
+        load_backbone_weights(net, name)
 
 
 def test_lite_model_is_small():
@@ -190,6 +192,11 @@ def test_parts_that_miss_the_interface_are_named():
     backbone = build_model(tiny_cfg().model).backbone
     with pytest.raises(ValueError, match="head has 5 levels, the neck 4"):
         GFL(backbone, FPN(backbone.out_channels, 16, 1), head)
+    with pytest.raises(TypeError, match=r"head \(Conv2d\).*`num_classes`, `box` and `quality`"):
+        GFL(backbone, FPN(backbone.out_channels, 16), nn.Conv2d(16, 3, 3))
+    head.quality = "joint"
+    with pytest.raises(TypeError, match="head's `quality` .* must be .*QualityRepresentation"):
+        GFL(backbone, FPN(backbone.out_channels, 16), head)
 
 
 def example_module(tmp_path: Path) -> Path:
@@ -203,6 +210,7 @@ def example_module(tmp_path: Path) -> Path:
 def test_the_extending_example_plugs_in(shapes, tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(example_module(tmp_path)))
     sys.modules.pop("my_backbone", None)
+    monkeypatch.setenv("GFLDET_ALLOW_CUSTOM_MODULES", "")  # restored after the test
     work = tmp_path / "w"
     sets = [f"work_dir={work}", "model.backbone.type=my_backbone:TinyBackbone",
             "model.backbone.kwargs={width: 8}",
@@ -211,20 +219,26 @@ def test_the_extending_example_plugs_in(shapes, tmp_path, monkeypatch, capsys):
             "data.train.num_workers=0", "data.val.num_workers=0", "train.max_iters=2",
             "train.epochs=1", "model.test.score_thr=0.001"]  # fmt: skip
     config = str(ROOT / "configs" / "shapes_demo.yaml")
-    assert main(["train", "--config", config, "--set", *sets]) == 0
+    # A config alone does not import a module outside gfldet and torchvision.
+    assert main(["train", "--config", config, "--set", *sets]) == 2
+    assert "--allow-custom-modules my_backbone" in capsys.readouterr().err
+    assert "my_backbone" not in sys.modules and not (work / "latest.pth").exists()
+    allow = ["--allow-custom-modules", "my_backbone"]
+    assert main(["train", "--config", config, *allow, "--set", *sets]) == 0
     assert json.loads((work / "metrics.json").read_text())["AP"] >= 0
     ckpt = str(work / "latest.pth")
     out = tmp_path / "infer"
     assert main(["infer", "--config", config, "--checkpoint", ckpt, str(shapes["val_img_dir"]),
-                 "--out-dir", str(out), "--set", *sets]) == 0  # fmt: skip
+                 "--out-dir", str(out), *allow, "--set", *sets]) == 0  # fmt: skip
     assert len(json.loads((out / "predictions.json").read_text())) == 3
     assert main(["export", "--config", config, "--checkpoint", ckpt, "--out",
-                 str(tmp_path / "m.onnx"), "--set", *sets]) == 0  # fmt: skip
+                 str(tmp_path / "m.onnx"), *allow, "--set", *sets]) == 0  # fmt: skip
     model = gfldet.build_model(load_config(config, [*sets, "model.num_classes=6"]).model)
     assert type(model.backbone).__name__ == "TinyBackbone"
     assert fold_batchnorms(copy.deepcopy(model).eval()) == 10  # 5 stages x 2 conv-BN pairs
     capsys.readouterr()
     # Unimportable: a clear error.
     bad = load_config(config, [*sets, "model.num_classes=6", "model.backbone.type=nowhere:X"])
+    monkeypatch.setenv("GFLDET_ALLOW_CUSTOM_MODULES", "nowhere")
     with pytest.raises(ValueError, match="cannot import"):
         gfldet.build_model(bad.model)

@@ -1,34 +1,39 @@
-"""scripts/bench.py and scripts/bench_converge.py: --quick smoke runs on a tiny shapes set."""
+"""benchmarks.bench and benchmarks.bench_converge: --quick smoke runs on a tiny shapes set, and
+the shared helpers (machine description)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks import bench, bench_converge
+from benchmarks.models import LOADED_PAIRS
+from benchmarks.timing import machine, measure, median
 from gfldet.data.synth import write_shapes_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = (
-    "infer_ratio_fcos", "infer_ratio_retinanet", "train_ratio_fcos", "atss_speedup",
-    "atss_share", "postprocess_share", "postprocess_share_random",
-    "loader_images_per_s_0_workers", "loader_images_per_s_2_workers", "loader_wait_share",
-    "demo_train_images_per_s", "coco_eval_s", "lite_ratio_ssdlite", "lite_ratio_frcnn",
-    "infer_ratio_gflv2_gfl", "data_read_s",
-)  # fmt: skip
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    "infer_ratio_fcos",
+    "infer_ratio_retinanet",
+    "train_ratio_fcos",
+    "atss_speedup",
+    "atss_share",
+    "postprocess_share",
+    "postprocess_share_random",
+    "loader_images_per_s_0_workers",
+    "loader_images_per_s_2_workers",
+    "loader_wait_share",
+    "demo_train_images_per_s",
+    "coco_eval_s",
+    "lite_ratio_ssdlite",
+    "lite_ratio_frcnn",
+    "infer_ratio_gflv2_gfl",
+    "data_read_s",
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +54,23 @@ def positive_finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
+def test_machine_names_the_cpu_its_instruction_sets_and_the_versions():
+    m = machine()
+    assert m["cpu"] and isinstance(m["cpu_flags"], list) and m["torch_cpu_capability"]
+    assert m["torch"] == torch.__version__ and m["threads"] == torch.get_num_threads()
+    if Path("/proc/cpuinfo").is_file() and "flags" in Path("/proc/cpuinfo").read_text():
+        assert any(f.startswith(("sse", "avx")) for f in m["cpu_flags"])  # x86 Linux
+
+
+def test_measure_runs_the_contenders_in_turn():
+    calls: list[str] = []
+    times = measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2, 1)
+    assert calls == ["a", "b"] * 3 and [len(v) for v in times.values()] == [2, 2]
+    assert median([3.0, 1.0, 2.0]) == 2.0
+
+
+@pytest.mark.slow
 def test_bench_quick_writes_every_measurement(shapes, tmp_path):
-    bench = load_script("bench")
     out = tmp_path / "bench.json"
     args = ["--quick", "--threads", "1", "--data", str(shapes), "--out", str(out)]
     assert bench.main(args) == 0
@@ -67,8 +87,8 @@ def test_bench_quick_writes_every_measurement(shapes, tmp_path):
     for key in ("gfldet", "gfldet_loaded", "fcos", "retinanet", "postprocess_loaded"):
         assert key in res["times"]["infer"]
     # The "loaded" case really puts about LOADED_PAIRS pairs over the threshold.
-    assert abs(res["postprocess_candidates"] - bench.LOADED_PAIRS) <= 30
-    assert abs(res["lite_candidates"] - bench.LOADED_PAIRS) <= 30
+    assert abs(res["postprocess_candidates"] - LOADED_PAIRS) <= 30
+    assert abs(res["lite_candidates"] - LOADED_PAIRS) <= 30
     assert res["lite_params"]["gfldet_lite"] <= 4_000_000
     assert set(res["medians"]["data"]) == {"coco", "voc", "yolo"} and res["data_memory_images"] > 0
     assert 0 < res["postprocess_detections"] <= 100
@@ -77,10 +97,11 @@ def test_bench_quick_writes_every_measurement(shapes, tmp_path):
     assert set(res["targets"]) == set(bench.TARGETS)
     assert all(isinstance(t["met"], bool) for t in res["targets"].values())
     assert "inference" in res["table"] and "targets:" in res["table"]
+    assert res["command"].startswith("python -m benchmarks.bench --quick")
 
 
+@pytest.mark.slow
 def test_bench_only_runs_the_sections_asked(shapes, tmp_path):
-    bench = load_script("bench")
     out = tmp_path / "atss.json"
     assert bench.main(["--quick", "--threads", "1", "--only", "atss", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
@@ -88,12 +109,16 @@ def test_bench_only_runs_the_sections_asked(shapes, tmp_path):
     assert res.get("atss_share") is None and res["targets"]["ATSS share of step"]["met"] is None
 
 
+def converge_args(shapes: Path, tmp_path: Path, out: Path) -> list[str]:
+    """bench_converge's smoke settings: tiny images, 1.2 s of training per model."""
+    args = ["--quick", "--minutes", "0.02", "--threads", "1", "--data", str(shapes)]
+    return [*args, "--work-dir", str(tmp_path / "work"), "--out", str(out)]
+
+
+@pytest.mark.slow
 def test_bench_converge_quick(shapes, tmp_path):
-    conv = load_script("bench_converge")
     out = tmp_path / "converge.json"
-    args = ["--quick", "--minutes", "0.02", "--threads", "1", "--data", str(shapes),
-            "--work-dir", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
-    assert conv.main(args) == 0
+    assert bench_converge.main(converge_args(shapes, tmp_path, out)) == 0
     res = json.loads(out.read_text())
     for name in ("gfldet", "fcos"):
         r = res["results"][name]
@@ -104,12 +129,10 @@ def test_bench_converge_quick(shapes, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_bench_converge_lite_against_ssdlite(shapes, tmp_path):
-    conv = load_script("bench_converge")
     out = tmp_path / "lite.json"
-    args = ["--peer", "ssdlite", "--quick", "--minutes", "0.02", "--threads", "1", "--data",
-            str(shapes), "--work-dir", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
-    assert conv.main(args) == 0
+    assert bench_converge.main(["--peer", "ssdlite", *converge_args(shapes, tmp_path, out)]) == 0
     res = json.loads(out.read_text())
     assert res["peer"] == "ssdlite" and res["config"].endswith("gfl_lite_shapes.yaml")
     for name in ("gfldet", "ssdlite"):
@@ -118,11 +141,10 @@ def test_bench_converge_lite_against_ssdlite(shapes, tmp_path):
 
 
 def test_fcos_on_gfldet_backbone_shares_its_modules():
-    conv = load_script("bench_converge")
     from gfldet.config import load_config
 
     cfg = load_config(ROOT / "configs" / "shapes_demo.yaml", ["model.num_classes=6"])
-    fcos = conv.build_fcos_on_gfldet(cfg)
+    fcos = bench_converge.build_fcos_on_gfldet(cfg)
     torch.manual_seed(cfg.seed)
     from gfldet.model.build import build_model
 

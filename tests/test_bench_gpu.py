@@ -1,35 +1,35 @@
-"""scripts/bench_gpu.py: its --cpu-smoke run (every section at tiny sizes on the CPU), its refusal
-without CUDA, and the bookkeeping (sections that fail, skipped configs, target verdicts)."""
+"""benchmarks.bench_gpu: its --cpu-smoke run (every section at tiny sizes on the CPU), its
+refusal without CUDA, and the bookkeeping (sections that fail, skipped configs, target
+verdicts)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_bench import load_script
+
+from benchmarks import bench_gpu
+from benchmarks.gpu import SMOKE
+from benchmarks.gpu import infer as gpu_infer
+from benchmarks.models import LOADED_PAIRS
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "bench_gpu.py"
 # Numbers that only CUDA measures: null in the CPU smoke run.
 CUDA_ONLY = {"peak_memory_bytes", "peak_memory_mib", "grad_scale"}
-
-
-@pytest.fixture(scope="module")
-def bench_gpu():
-    return load_script("bench_gpu")
+R50_AND_FCOS = {"gfl_r50", "gfl_r50_loaded", "fcos_r50", "fcos_r50_channels_last"}
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """One `--cpu-smoke` run: (its process, the JSON it wrote)."""
+    """One `--cpu-smoke` run as `python -m` from the repository root: (its process, the JSON
+    it wrote)."""
     out = tmp_path_factory.mktemp("bench_gpu") / "x.json"
-    cmd = [sys.executable, str(SCRIPT), "--cpu-smoke", "--out", str(out)]
+    cmd = [sys.executable, "-m", "benchmarks.bench_gpu", "--cpu-smoke", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     return proc, json.loads(out.read_text())
@@ -47,7 +47,8 @@ def numbers(obj, path=()):
         yield path, obj
 
 
-def test_cpu_smoke_runs_every_section_without_error(smoke, bench_gpu):
+@pytest.mark.slow
+def test_cpu_smoke_runs_every_section_without_error(smoke):
     proc, res = smoke
     assert res["mode"] == "cpu-smoke" and res["ok"] is True
     assert list(res["sections"]) == list(bench_gpu.SECTIONS)
@@ -60,18 +61,19 @@ def test_cpu_smoke_runs_every_section_without_error(smoke, bench_gpu):
     assert not bad, bad
     env = res["environment"]
     assert env["torch"] == torch.__version__ and env["python"] and env["platform"]
-    assert res["command"].startswith("python scripts/bench_gpu.py --cpu-smoke") and res["date"]
+    assert res["command"].startswith("python -m benchmarks.bench_gpu --cpu-smoke") and res["date"]
+    assert env["cpu"] and isinstance(env["cpu_flags"], list)
     assert "targets:" in proc.stdout and res["table"] in proc.stdout
 
 
-def test_cpu_smoke_infer_and_train(smoke, bench_gpu):
+@pytest.mark.slow
+def test_cpu_smoke_infer_and_train(smoke):
     _, res = smoke
     infer = res["sections"]["infer"]["results"]
     assert infer["skipped"] == {}  # every config is in the repository
-    assert set(infer["models"]) == {"gfl_r50", "gfl_r50_loaded", "gflv2_r50", "fcos_r50",
-                                    "fcos_r50_channels_last"}  # fmt: skip
-    # The loaded copy's scores put bench.LOADED_PAIRS (box, class) pairs over the threshold.
-    assert abs(infer["loaded_candidates"] - bench_gpu.bench.LOADED_PAIRS) <= 30
+    assert set(infer["models"]) == {"gflv2_r50", *R50_AND_FCOS}
+    # The loaded copy's scores put LOADED_PAIRS (box, class) pairs over the threshold.
+    assert abs(infer["loaded_candidates"] - LOADED_PAIRS) <= 30
     assert set(infer["lite"]["models"]) == {"gfl_lite", "ssdlite"}
     for model in [*infer["models"].values(), *infer["lite"]["models"].values()]:
         for precision in ("fp32", "amp"):
@@ -82,21 +84,24 @@ def test_cpu_smoke_infer_and_train(smoke, bench_gpu):
     assert infer["padded_hw"] == [64, 128]  # 64 x 100, padded to a multiple of 32
 
     train = res["sections"]["train"]["results"]
-    assert set(train["variants"]) == {f"{m}_{p}" for m in
-                                      ("gfl_r50", "fcos_r50", "fcos_r50_same_recipe")
-                                      for p in ("amp", "fp32")}  # fmt: skip
+    models = ("gfl_r50", "fcos_r50", "fcos_r50_same_recipe")
+    assert set(train["variants"]) == {f"{m}_{p}" for m in models for p in ("amp", "fp32")}
     for v in train["variants"].values():
         assert v["losses_finite"] is True and v["s_per_iter"] > 0 and len(v["times"]) == 2
         assert v["peak_memory_bytes"] is None and v["grad_scale"] is None  # CPU: no scaler
     assert train["ratios"]["s_per_iter"]["amp"] > 0 and train["all_finite"] is True
 
 
+@pytest.mark.slow
 def test_cpu_smoke_torchrun_trains_evaluates_and_resumes(smoke):
     _, res = smoke
     run = res["sections"]["torchrun"]["results"]
     assert run["backend"] == "gloo"
     assert {k: r["returncode"] for k, r in run["runs"].items()} == {
-        "train": 0, "eval": 0, "resume": 0}  # fmt: skip
+        "train": 0,
+        "eval": 0,
+        "resume": 0,
+    }
     assert all("torch.distributed.run" in r["command"] for r in run["runs"].values())
     assert run["process_group_joined"] is True  # torchrun with 1 process: DDP's code path
     assert run["resume_ok"] is True and run["resumed_logged"] is True
@@ -106,7 +111,8 @@ def test_cpu_smoke_torchrun_trains_evaluates_and_resumes(smoke):
     assert run["ema_in_checkpoint"] is True and 0 <= run["eval_AP"] <= 1
 
 
-def test_cpu_smoke_demo_and_targets(smoke, bench_gpu):
+@pytest.mark.slow
+def test_cpu_smoke_demo_and_targets(smoke):
     _, res = smoke
     demo = res["sections"]["demo"]["results"]
     assert 0 <= demo["AP"] <= 1 and demo["all_finite"] is True
@@ -118,17 +124,16 @@ def test_cpu_smoke_demo_and_targets(smoke, bench_gpu):
     assert res["targets"]["resume exits 0, trains epoch 2"]["value"] is True
 
 
-def test_without_cuda_and_without_cpu_smoke_exits_2(tmp_path):
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, even on a machine with one
+def test_without_cuda_and_without_cpu_smoke_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # even on a machine with one
     out = tmp_path / "x.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    assert "no CUDA device is available" in proc.stderr and "--cpu-smoke" in proc.stderr
+    assert bench_gpu.main(["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device is available" in err and "--cpu-smoke" in err
     assert not out.exists()
 
 
-def test_a_failing_section_is_recorded_and_the_others_run(bench_gpu, tmp_path):
+def test_a_failing_section_is_recorded_and_the_others_run(tmp_path):
     path = tmp_path / "x.json"
     out = {"sections": {}}
 
@@ -145,15 +150,15 @@ def test_a_failing_section_is_recorded_and_the_others_run(bench_gpu, tmp_path):
     assert ok["status"] == "ok" and ok["results"] == {"all_finite": True}
 
 
-def test_absent_configs_are_skipped_with_a_reason(bench_gpu, monkeypatch, tmp_path, one_thread):
-    monkeypatch.setattr(bench_gpu, "RECIPE_V2", tmp_path / "gflv2_missing.yaml")
-    monkeypatch.setattr(bench_gpu, "LITE", tmp_path / "lite_missing.yaml")
+@pytest.mark.slow
+def test_absent_configs_are_skipped_with_a_reason(monkeypatch, tmp_path, one_thread):
+    monkeypatch.setattr(gpu_infer, "RECIPE_V2", tmp_path / "gflv2_missing.yaml")
+    monkeypatch.setattr(gpu_infer, "LITE", tmp_path / "lite_missing.yaml")
     res: dict = {}
-    bench_gpu.bench_infer(bench_gpu.SMOKE, torch.device("cpu"), res)
+    gpu_infer.run(SMOKE, torch.device("cpu"), res)
     assert set(res["skipped"]) == {"gflv2_r50", "lite"}
     assert "gflv2_missing.yaml not found" in res["skipped"]["gflv2_r50"]
-    assert set(res["models"]) == {"gfl_r50", "gfl_r50_loaded", "fcos_r50",
-                                  "fcos_r50_channels_last"}  # fmt: skip
+    assert set(res["models"]) == R50_AND_FCOS
     assert "lite" not in res and set(res["ratios"]) == {
         "gfl_r50/fcos_r50",
         "gfl_r50/fcos_r50_channels_last",
@@ -163,27 +168,32 @@ def test_absent_configs_are_skipped_with_a_reason(bench_gpu, monkeypatch, tmp_pa
 def gpu_like_results(**overrides) -> dict:
     """A minimal out dict as a GPU run would write it (values chosen to meet every target)."""
     res = {
-        "infer": {"models": {"gfl_r50": {"amp": {"images_per_s": 80.0}}},
-                  "ratios": {"gfl_r50/fcos_r50": {"fp32": 0.8, "amp": 0.85}}, "all_finite": True},
-        "train": {"ratios": {"s_per_iter": {"amp": 0.7}, "peak_memory": {"amp": 1.05}},
-                  "all_finite": True},
+        "infer": {
+            "models": {"gfl_r50": {"amp": {"images_per_s": 80.0}}},
+            "ratios": {"gfl_r50/fcos_r50": {"fp32": 0.8, "amp": 0.85}},
+            "all_finite": True,
+        },
+        "train": {
+            "ratios": {"s_per_iter": {"amp": 0.7}, "peak_memory": {"amp": 1.05}},
+            "all_finite": True,
+        },
         "torchrun": {"resume_ok": True, "all_finite": True},
         "demo": {"AP": 0.45, "all_finite": True},
-    }  # fmt: skip
+    }
     for section, values in overrides.items():
         res[section].update(values)
     return {"sections": {k: {"status": "ok", "results": v} for k, v in res.items()}}
 
 
-def test_targets_on_a_gpu(bench_gpu):
+def test_targets_on_a_gpu():
     met = bench_gpu.check_targets(gpu_like_results(), smoke=False)
     assert {t["status"] for t in met.values()} == {"met"}, met
     missed = bench_gpu.check_targets(
         gpu_like_results(demo={"AP": 0.2, "all_finite": False}, torchrun={"resume_ok": False}),
         smoke=False,
     )
-    assert [k for k, t in missed.items() if t["status"] == "MISSED"] == [
-        "no NaN/inf anywhere", "resume exits 0, trains epoch 2", "demo AP"]  # fmt: skip
+    expected = ["no NaN/inf anywhere", "resume exits 0, trains epoch 2", "demo AP"]
+    assert [k for k, t in missed.items() if t["status"] == "MISSED"] == expected
     partial = gpu_like_results()
     del partial["sections"]["train"]
     verdicts = bench_gpu.check_targets(partial, smoke=False)

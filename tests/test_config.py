@@ -400,8 +400,12 @@ def test_every_choice_is_accepted_and_defaults_are_choices(tmp_path):
     for quality in CHOICES["model.head.quality"]:
         cls = "qfl" if quality in ("joint", "dgqp") else "focal"
         for box in CHOICES["model.head.box"] if quality != "dgqp" else ["general"]:
-            cfg = load_config(path, [f"model.head.quality={quality}", f"model.loss.cls={cls}",
-                                     f"model.head.box={box}"])  # fmt: skip
+            items = [
+                f"model.head.quality={quality}",
+                f"model.loss.cls={cls}",
+                f"model.head.box={box}",
+            ]
+            cfg = load_config(path, items)
             assert (cfg.model.head.quality, cfg.model.head.box) == (quality, box)
     assert load_config(path, ["model.loss.cls=vfl"]).model.loss.cls == "vfl"
     assert load_config(path, ["train.optimizer=adamw"]).train.optimizer == "adamw"

@@ -15,7 +15,7 @@ import pytest
 
 from gfldet.cli import main
 from gfldet.data.coco import read_coco_json
-from gfldet.data.synth import shapes_overrides
+from gfldet.data.synth import CLASSES, shapes_overrides
 from gfldet.data.voc import write_voc
 from gfldet.data.yolo import write_yolo
 
@@ -51,21 +51,26 @@ def formats(tmp_path_factory):
     voc_ann, yolo_ann, coco_of = {}, {}, {"voc": {}, "yolo": {}}
     for split in ("train", "val"):
         coco = read_coco_json(Path(shapes[f"{split}_ann"]))
-        voc_ann[split] = write_voc(coco, shapes[f"{split}_img_dir"], root / "voc", split)
+        # The val images are named as train's (000000.jpg ...): a prefix keeps them apart.
+        prefix = "val_" if split == "val" else ""
+        voc_ann[split] = write_voc(coco, shapes[f"{split}_img_dir"], root / "voc", split,
+                                   prefix=prefix)  # fmt: skip
         yolo_ann[split] = write_yolo(coco, shapes[f"{split}_img_dir"], root / "yolo", split)
     voc_imgs = {"train": root / "voc", "val": root / "voc"}
     yolo_imgs = {s: root / "yolo" / "images" / s for s in ("train", "val")}
+    # The 8 train images need not show every class: VOC gets all six by name (sorted, as VOC's
+    # default order is), for both splits, as training and conversion alike.
+    classes = sorted(CLASSES)
     for kind, ann, imgs in (("voc", voc_ann, voc_imgs), ("yolo", yolo_ann, yolo_imgs)):
         sets[kind] = split_sets(kind, ann, imgs)
-        classes: list[str] = []
+        if kind == "voc":
+            sets[kind].append(f"data.classes=[{','.join(classes)}]")
         for split in ("train", "val"):
             out = root / f"{kind}_{split}.json"
-            # A VOC val split takes the train split's classes, as training does.
-            extra = ["--classes", *classes] if kind == "voc" and classes else []
+            extra = ["--classes", *classes] if kind == "voc" else []
             assert main(["data", "convert", "--from", kind, "--to", "coco", str(ann[split]),
                          str(out), "--img-dir", str(imgs[split]), *extra]) == 0  # fmt: skip
             coco_of[kind][split] = out
-            classes = [c["name"] for c in read_coco_json(out)["categories"]]
         sets[f"{kind}_as_coco"] = split_sets("coco", coco_of[kind], imgs)
     return root, sets
 
@@ -90,6 +95,12 @@ def test_voc_and_yolo_sets_give_the_detections_of_their_coco_conversion(formats,
                      *sets[name]]) == 0  # fmt: skip
         detections[name + "_infer"] = json.loads((infer_out / "predictions.json").read_text())
     assert len(detections[kind]) > 0
+    if kind == "yolo":  # the ids users see are the YOLO class indices
+        from gfldet.core.files import torch_load_safely
+
+        state = torch_load_safely(root / "work_yolo" / "latest.pth")
+        assert state["cat_ids"] == list(range(len(CLASSES)))
+        assert {d["category_id"] for d in detections[kind]} <= set(range(len(CLASSES)))
     assert detections[kind] == detections[f"{kind}_as_coco"]
     assert detections[kind + "_infer"] == detections[f"{kind}_as_coco_infer"]
     capsys.readouterr()

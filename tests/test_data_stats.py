@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from gfldet.config import load_config
+from gfldet.config import Config, load_config
 from gfldet.data.stats import dataset_statistics, format_statistics
+from gfldet.data.synth import shapes_overrides, write_shapes_dataset
 from gfldet.data.transforms import rescale_size
 from gfldet.model.atss import atss_assign
 from gfldet.model.box_ops import bbox2distance, grid_points, square_anchors
@@ -30,16 +31,20 @@ SCALE = (200, 180)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_cfg(paths: dict, *extra: str, train_ann: Path | None = None) -> dict:
+TINY_MODEL = [
+    "model.backbone.base_width=8",
+    "model.neck.out_channels=16",
+    "model.head.feat_channels=16",
+    "model.head.stacked_convs=1",
+    "model.head.num_groups=4",
+]
+
+
+def tiny_cfg(paths: dict, *extra: str, train_ann: Path | None = None) -> Config:
     """A tiny model on the tiny shapes dataset (as tests/test_trainer.py's tiny_sets)."""
-    return load_config(DEMO, [
-        f"data.train.ann_file={train_ann or paths['train_ann']}",
-        f"data.train.img_dir={paths['train_img_dir']}",
-        f"data.val.ann_file={paths['val_ann']}", f"data.val.img_dir={paths['val_img_dir']}",
-        f"data.train.img_scale=[{SCALE[0]},{SCALE[1]}]", "data.val.img_scale=[64,64]",
-        "model.backbone.base_width=8", "model.neck.out_channels=16", "model.head.feat_channels=16",
-        "model.head.stacked_convs=1", "model.head.num_groups=4", *extra,
-    ])  # fmt: skip
+    data = shapes_overrides({**paths, "train_ann": train_ann or paths["train_ann"]})
+    scales = [f"data.train.img_scale=[{SCALE[0]},{SCALE[1]}]", "data.val.img_scale=[64,64]"]
+    return load_config(DEMO, [*data, *scales, *TINY_MODEL, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +53,17 @@ def with_crowd(shapes, tmp_path_factory) -> Path:
     training target."""
     data = json.loads(Path(shapes["train_ann"]).read_text())
     first = data["images"][0]
-    data["annotations"].append({
-        "id": max(a["id"] for a in data["annotations"]) + 1, "image_id": first["id"],
-        "category_id": data["categories"][0]["id"], "bbox": [0, 0, 30, 30], "area": 900,
-        "iscrowd": 1,
-    })  # fmt: skip
-    data["images"].append({**first, "id": max(i["id"] for i in data["images"]) + 1,
-                           "file_name": "no_such_file.jpg"})  # fmt: skip
+    crowd = {"bbox": [0, 0, 30, 30], "area": 900, "iscrowd": 1}
+    data["annotations"].append(
+        {
+            **crowd,
+            "id": max(a["id"] for a in data["annotations"]) + 1,
+            "image_id": first["id"],
+            "category_id": data["categories"][0]["id"],
+        }
+    )
+    next_id = max(i["id"] for i in data["images"]) + 1
+    data["images"].append({**first, "id": next_id, "file_name": "no_such_file.jpg"})
     path = tmp_path_factory.mktemp("crowd") / "train.json"
     path.write_text(json.dumps(data))
     return path
@@ -109,15 +118,18 @@ def test_counts_equal_the_annotation_file(shapes, with_crowd):
     expected = Counter(names[a["category_id"]] for a in usable)
     assert {r["name"]: r["objects"] for r in c["classes"] if r["objects"]} == dict(expected)
     assert len(c["classes"]) == len(data["categories"])
-    area = Counter("small" if a["area"] < 32**2 else "medium" if a["area"] < 96**2 else "large"
-                   for a in usable)  # fmt: skip
+    sizes = [a["area"] for a in usable]
+    area = Counter("small" if x < 32**2 else "medium" if x < 96**2 else "large" for x in sizes)
     assert c["coco_area"] == {k: area.get(k, 0) for k in ("small", "medium", "large")}
     # The crowd box and the empty image are not training targets: not in the sizes either.
     assert stats["sizes"]["count"] == len(usable)
     val = json.loads(Path(shapes["val_ann"]).read_text())
     o = stats["other_split"]
-    assert (o["split"], o["images"], o["objects"]) == ("val", len(val["images"]),
-                                                        len(val["annotations"]))  # fmt: skip
+    assert (o["split"], o["images"], o["objects"]) == (
+        "val",
+        len(val["images"]),
+        len(val["annotations"]),
+    )
 
 
 def test_assignment_and_edges_match_an_independent_computation(shapes):
@@ -193,8 +205,8 @@ def test_max_images_limits_the_analysed_images(shapes):
 
 
 def test_dirac_box_skips_the_fit_with_a_reason(shapes):
-    stats = dataset_statistics(tiny_cfg(shapes, "model.head.box=dirac", "model.head.reg_max=1"),
-                               None)  # fmt: skip
+    cfg = tiny_cfg(shapes, "model.head.box=dirac", "model.head.reg_max=1")
+    stats = dataset_statistics(cfg, None)
     fit = stats["edges"]["fit"]
     assert fit["status"] == "skipped" and "dirac" in fit["reason"]
     assert "limit" not in stats["edges"] and stats["edges"]["count"] > 0
@@ -208,3 +220,23 @@ def test_multi_scale_uses_the_upper_end(shapes):
     stats = dataset_statistics(tiny_cfg(shapes, "data.train.ms_short_range=[40,80]"), None)
     assert stats["scale"]["img_scale"] == [200, 80]
     assert "upper end" in stats["scale"]["note"]
+
+
+@pytest.mark.parametrize("inside", ["train/images/stats", "val/images"])
+def test_out_inside_an_image_split_is_refused(tmp_path, capsys, inside):
+    """`data stats --out DIR` with DIR in (or below) data.train/val.img_dir would put its PNG
+    plots among the split's images, where a YOLO split or an infer glob takes them for images:
+    a one-line error, before anything is computed or written."""
+    from gfldet.cli import main
+
+    tiny = {"num_train": 2, "num_val": 1, "img_size": 64, "max_size": 40, "max_objects": 2}
+    paths = write_shapes_dataset(tmp_path / "shapes", **tiny)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    out = tmp_path / "shapes" / inside
+    args = ["data", "stats", "--config", DEMO, "--out", str(out)]
+    assert main([*args, "--set", *shapes_overrides(paths)]) == 2
+    err = capsys.readouterr().err
+    split = inside.split("/")[0]
+    assert err.startswith("gfldet: error: ") and len(err.strip().splitlines()) == 1, err
+    assert f"inside data.{split}.img_dir" in err and str(out) in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

@@ -100,6 +100,7 @@ def _sorted(dets: list[dict]) -> list[dict]:
     return sorted(dets, key=lambda d: (d["image_id"], -d["score"], d["category_id"], d["bbox"]))
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     paths = write_shapes_dataset(tmp_path / "shapes", num_train=8, num_val=3, img_size=64,
                                  max_size=40, max_objects=3)  # fmt: skip
@@ -149,8 +150,11 @@ def test_two_processes_match_one(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) >= {"AP", "AP50"}
     assert "SyncBatchNorm needs CUDA" in proc.stdout + proc.stderr
-    assert sorted(p.name for p in run.glob("*.pth")) == ["epoch_1.pth", "epoch_2.pth",
-                                                          "latest.pth"]  # fmt: skip
+    names = sorted(p.name for p in run.glob("*.pth"))
+    assert names == ["best.pth", "epoch_1.pth", "epoch_2.pth", "latest.pth"]
+    # The one evaluation (AP a number, 0 at worst) is the best: best.pth is epoch 2's.
+    assert (run / "best.pth").read_bytes() == (run / "epoch_2.pth").read_bytes()
+    assert len(list(run.glob("train_batch*.jpg"))) == 2  # rank 0's 2 batches per epoch
 
 
 def test_torchrun_with_one_process_joins_a_process_group(monkeypatch):

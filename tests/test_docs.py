@@ -1,4 +1,5 @@
-"""The docs: every config key in docs/configs.md, and links and config paths that exist.
+"""The docs: docs/configs.md's key reference generated from the options, and links and config
+paths that exist.
 
 Covers README.md and docs/*.md. Config paths whose file name starts with `my` (e.g.
 `configs/my_dataset.yaml`) are the reader's own files in examples and are not checked.
@@ -9,9 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
-
 from gfldet.config import DEFAULTS
+from gfldet.config_schema import BEGIN_MARK, END_MARK, replace_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -22,28 +22,10 @@ LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
 SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 CONFIG_PATH = re.compile(r"(?<![\w./-])configs/[\w./*-]*\.ya?ml\b")
-TABLE_ROW = re.compile(r"^\|\s*`([\w.]+)`\s*\|([^\n]*)$", re.M)
 
 
 def rel(path: Path) -> str:
     return str(path.relative_to(ROOT))
-
-
-def dotted_keys(d: dict, prefix: str = "") -> list[str]:
-    """Every key of the schema as a dotted path, sections included (`model`, `model.head`)."""
-    keys = []
-    for k, v in d.items():
-        keys.append(prefix + k)
-        if isinstance(v, dict):
-            keys += dotted_keys(v, f"{prefix}{k}.")
-    return keys
-
-
-def schema_value(key: str):
-    node = DEFAULTS
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 def prose(text: str) -> str:
@@ -63,24 +45,31 @@ def anchors(page: Path) -> set[str]:
     return out
 
 
-def test_every_config_key_is_in_configs_md():
+def test_configs_md_reference_is_generated_from_the_options():
+    """The key tables of docs/configs.md are reference_table()'s output: every option with its
+    type, default, allowed values and help, as declared."""
+    text = CONFIGS_MD.read_text()
+    assert BEGIN_MARK in text and END_MARK in text
+    assert replace_reference(text) == text, (
+        f"{rel(CONFIGS_MD)} differs from the options; regenerate its reference with the command "
+        "given in its 'Reference: every key' section"
+    )
+
+
+def test_configs_md_names_every_key():
     text = CONFIGS_MD.read_text()
     missing = [k for k in dotted_keys(DEFAULTS) if f"`{k}`" not in text]
     assert not missing, f"{rel(CONFIGS_MD)} does not mention these config keys: {missing}"
 
 
-def test_configs_md_defaults_match_the_schema():
-    """Rows `| `key` | type | `default` | meaning |` of the reference tables."""
-    keys = set(dotted_keys(DEFAULTS))
-    wrong = []
-    for key, rest in TABLE_ROW.findall(CONFIGS_MD.read_text()):
-        cells = [c.strip() for c in rest.split("|")]
-        if key not in keys or len(cells) < 3 or isinstance(schema_value(key), dict):
-            continue
-        documented = yaml.safe_load(cells[1].strip("`"))
-        if documented != schema_value(key):
-            wrong.append(f"{key}: documented {cells[1]}, default {schema_value(key)!r}")
-    assert not wrong, f"{rel(CONFIGS_MD)} gives wrong defaults:\n" + "\n".join(wrong)
+def dotted_keys(d: dict, prefix: str = "") -> list[str]:
+    """Every key of the schema as a dotted path, sections included (`model`, `model.head`)."""
+    keys = []
+    for k, v in d.items():
+        keys.append(prefix + k)
+        if isinstance(v, dict) and v:
+            keys += dotted_keys(v, f"{prefix}{k}.")
+    return keys
 
 
 def test_relative_links_point_to_existing_files():

@@ -290,7 +290,7 @@ def test_pr_curves_one_file_per_group_of_ten(tmp_path):
     path = tmp_path / "gt.json"
     path.write_text(json.dumps({"images": [{"id": 1, "width": 80, "height": 20}],
                                 "categories": cats, "annotations": anns}))  # fmt: skip
-    (tmp_path / "pr_curves_7.png").write_bytes(b"stale")
+    (tmp_path / "pr_curves_7.png").write_bytes(b"not written by an evaluation: kept")
     res = [
         {"image_id": 1, "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.5}
         for a in anns
@@ -300,4 +300,5 @@ def test_pr_curves_one_file_per_group_of_ten(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("pr_curves_*.png")) == [
         "pr_curves_1.png",
         "pr_curves_2.png",
+        "pr_curves_7.png",
     ]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from torchvision.ops import batched_nms
@@ -13,10 +17,18 @@ from gfldet.inference.export import DecodedGFL, check_onnx, export_onnx
 
 ort = pytest.importorskip("onnxruntime")  # the optional "onnx" extra
 
-SETS = ["model.num_classes=3", "model.backbone.depth=18", "model.backbone.base_width=8",
-        "model.backbone.pretrained=null", "model.neck.out_channels=16",
-        "model.head.feat_channels=16", "model.head.stacked_convs=1", "model.head.num_groups=4",
-        "model.test.score_thr=0.001", "model.test.nms_pre=0"]  # fmt: skip
+SETS = [
+    "model.num_classes=3",
+    "model.backbone.depth=18",
+    "model.backbone.base_width=8",
+    "model.backbone.pretrained=null",
+    "model.neck.out_channels=16",
+    "model.head.feat_channels=16",
+    "model.head.stacked_convs=1",
+    "model.head.num_groups=4",
+    "model.test.score_thr=0.001",
+    "model.test.nms_pre=0",
+]
 H, W = 64, 96
 
 
@@ -77,14 +89,74 @@ def test_onnx_with_nms_float_input(model, tmp_path):
 
 def test_export_cli(model, tmp_path, capsys):
     ckpt = tmp_path / "m.pth"
-    save_checkpoint({"model": model.state_dict(), "classes": ["a", "b", "c"],
-                     "cat_ids": [1, 2, 3]}, ckpt)  # fmt: skip
+    save_checkpoint(
+        {"model": model.state_dict(), "classes": ["a", "b", "c"], "cat_ids": [1, 2, 3]}, ckpt
+    )
     out = tmp_path / "cli.onnx"
-    args = ["export", "--config", "configs/shapes_demo.yaml", "--checkpoint", str(ckpt),
-            "--out", str(out), "--set", *SETS[1:]]  # fmt: skip
+    args = [
+        "export",
+        "--config",
+        "configs/shapes_demo.yaml",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--set",
+        *SETS[1:],
+    ]
     assert main([*args, "--img-size", "64", "96"]) == 0
     printed = capsys.readouterr().out
     assert out.is_file() and "[1, 3, 64, 96] uint8" in printed
     assert "onnxruntime vs PyTorch" in printed
     assert main([*args, "--img-size", "60", "96"]) == 2
     assert "multiples of data.size_divisor" in capsys.readouterr().err
+
+
+def _export_args(ckpt, out, config="configs/shapes_demo.yaml") -> list[str]:
+    args = ["--config", str(config), "--checkpoint", str(ckpt), "--out", str(out)]
+    return ["export", *args, "--img-size", "64", "96", "--set", *SETS[1:]]
+
+
+@pytest.fixture
+def checkpoint(model, tmp_path):
+    ckpt = tmp_path / "m.pth"
+    save_checkpoint({"model": model.state_dict(), "classes": ["a", "b", "c"]}, ckpt)
+    return ckpt
+
+
+def test_export_refuses_an_out_that_is_one_of_its_inputs(checkpoint, tmp_path, capsys):
+    base = tmp_path / "base.yaml"
+    base.write_text(Path("configs/shapes_demo.yaml").read_text())
+    config = tmp_path / "mine.yaml"
+    config.write_text("_base_: base.yaml\n")
+    (tmp_path / "ckpt_link.onnx").hardlink_to(checkpoint)
+    spelled_otherwise = tmp_path / "sub" / ".." / "m.pth"
+    for out in (checkpoint, config, base, tmp_path / "ckpt_link.onnx", spelled_otherwise):
+        before = {p: p.read_bytes() for p in (checkpoint, config, base)}
+        assert main(_export_args(checkpoint, out, config)) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("gfldet: error: --out") and "\n" not in err, err
+        assert {p: p.read_bytes() for p in before} == before
+
+
+def test_export_writes_the_onnx_file_atomically(checkpoint, tmp_path, capsys, monkeypatch):
+    # An existing --out is replaced by a new file (a rename), never written in place: a file
+    # it is a hard link of keeps its bytes, and a failed write leaves the old file whole.
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"an earlier export")
+    other = tmp_path / "copy.onnx"
+    other.hardlink_to(out)
+    assert main(_export_args(checkpoint, out)) == 0
+    assert other.read_bytes() == b"an earlier export"
+    assert out.read_bytes()[:20] != b"an earlier export"[:20]
+    capsys.readouterr()
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    written = out.read_bytes()
+    assert main(_export_args(checkpoint, out)) == 2
+    assert "No space left" in capsys.readouterr().err
+    assert out.read_bytes() == written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.onnx", "m.onnx", "m.pth"]

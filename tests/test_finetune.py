@@ -311,19 +311,14 @@ def test_other_bin_width_is_refused(tmp_path, kind):
     assert len(report["loaded"]) > report["total"] / 2
 
 
+@pytest.mark.slow
 def test_finetune_demo_script_quick(tmp_path, capsys):
-    """scripts/finetune_demo.py (the docs' fine-tuning figures) at smoke size: the three runs,
-    the same iterations for both B runs, and "circle" carried over by name."""
-    import importlib.util
+    """benchmarks/finetune_demo.py (the docs' fine-tuning figures) at smoke size: the three
+    runs, the same iterations for both B runs, and "circle" carried over by name."""
     import json
-    import sys
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "finetune_demo.py"
-    spec = importlib.util.spec_from_file_location("finetune_demo", path)
-    demo = importlib.util.module_from_spec(spec)
-    sys.modules["finetune_demo"] = demo
-    spec.loader.exec_module(demo)
+    from benchmarks import finetune_demo as demo
+
     out = tmp_path / "ft.json"
     assert demo.main(["--quick", "--work-dir", str(tmp_path / "ft"), "--out", str(out)]) == 0
     res = json.loads(out.read_text())
@@ -335,3 +330,47 @@ def test_finetune_demo_script_quick(tmp_path, capsys):
     log = (tmp_path / "ft" / "b_finetune" / "train.log").read_text()
     assert "circle (3) <- circle (0)" in log
     capsys.readouterr()
+
+
+def test_checkpoint_of_another_architecture_fitting_only_scalars_is_an_error_naming_both(tmp_path):
+    # Other widths everywhere: only the one-number head.scales.* and BatchNorm counters fit.
+    wide = Config().model
+    wide.num_classes = 2
+    vars(wide.backbone).update(depth=18, base_width=16, frozen_stages=-1, norm_eval=False)
+    wide.neck.out_channels = 32
+    vars(wide.head).update(feat_channels=32, stacked_convs=1, num_groups=4)
+    sd = build_model(wide).state_dict()
+    path = save(tmp_path, sd, ["a", "b"], "wide.pth")
+    model = tiny_model(["a", "b"], seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="another architecture") as e:
+        init_from_checkpoint(model, path, ["a", "b"])
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: ") and "\n" not in msg
+    # Both models are named by what tells them apart.
+    assert "backbone.base_width 16" in msg and "backbone.base_width 8" in msg
+    assert "neck.out_channels 32" in msg and "neck.out_channels 16" in msg
+    assert_rest_equal(model, before, skip=())  # untouched
+
+
+def test_a_backbone_and_neck_are_enough_a_head_alone_is_not(tmp_path):
+    """The rule: at least half of the model's tensors of more than one number (the class conv
+    aside) must load. A detector with another head loads (backbone and neck are most of it);
+    a checkpoint whose backbone differs does not."""
+    sd = trained_state(["a", "b"], feat=32)  # other head width: backbone + neck fit
+    init_from_checkpoint(tiny_model(["a", "b"], seed=1), save(tmp_path, sd, ["a", "b"]), ["a", "b"])
+    head_only = {k: v for k, v in trained_state(["a", "b"]).items() if k.startswith("head.")}
+    path = save(tmp_path, head_only, ["a", "b"], "head.pth")
+    with pytest.raises(ValueError, match=r"only \d+ of \d+ .*fewer than half"):
+        init_from_checkpoint(tiny_model(["a", "b"], seed=1), path, ["a", "b"])
+
+
+@pytest.mark.parametrize(
+    "model", [5, {"k": "str"}, [1, 2], {"w": torch.zeros(1), 3: torch.zeros(1)}]
+)
+def test_checkpoint_whose_model_entry_is_not_a_state_dict_is_a_one_line_error(tmp_path, model):
+    path = tmp_path / "odd.pth"
+    torch.save({"model": model, "classes": ["a", "b"]}, path)
+    with pytest.raises(ValueError, match=r"odd\.pth: .*state dict") as e:
+        init_from_checkpoint(tiny_model(["a", "b"], seed=1), path, ["a", "b"])
+    assert "\n" not in str(e.value)

@@ -269,6 +269,7 @@ def damaged(shapes, tmp_path) -> dict:
     return {**paths, "bad_train": tmp_path / "train" / first, "gone_val_id": gone["id"]}
 
 
+@pytest.mark.slow
 def test_training_skips_unreadable_images_and_counts_them(damaged, tmp_path):
     work = tmp_path / "w"
     # One image per batch: the bad image's batch is empty and its step is skipped.

@@ -1,5 +1,10 @@
-"""The package's structure: no import cycles, the model knows nothing of configs or the engine,
-and inference does not import training."""
+"""The package's structure: no import cycles between files or between packages, the config
+layer above the jobs, the model and the shared core below them, and inference that does not
+import training.
+
+Imports are read from the source (module level and inside functions alike); those under
+`if TYPE_CHECKING:` are for type checkers only and are left out.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,45 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "gfldet"
 
+# The packages of the jobs, the shared layer below them, and the modules above them.
+JOBS = ("data", "model", "training", "evaluation", "inference", "interop")
+CORE = "gfldet.core"
+ABOVE = ("gfldet.config", "gfldet.cli")
+
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(PKG.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    """`if TYPE_CHECKING:` or `if typing.TYPE_CHECKING:`."""
+    if isinstance(test, ast.Name):
+        return test.id == "TYPE_CHECKING"
+    return isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+
+
+def run_time_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of the tree except those under `if TYPE_CHECKING:` (its else branch runs)."""
+    out, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            todo += node.orelse
+            continue
+        todo += ast.iter_child_nodes(node)
+    return out
+
+
 def imports() -> dict[str, set[str]]:
-    """{module: gfldet modules it imports} (module level and inside functions alike)."""
+    """{module: gfldet modules it imports at run time}."""
     graph: dict[str, set[str]] = {}
     for path in PKG.rglob("*.py"):
         name = module_name(path)
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
         found = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in run_time_nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 found |= {a.name for a in node.names if a.name.startswith("gfldet")}
             elif isinstance(node, ast.ImportFrom):
@@ -34,11 +64,35 @@ def imports() -> dict[str, set[str]]:
                 if mod.startswith("gfldet"):
                     # `from . import dist` names a module; `from .x import f` a member of x.
                     subs = [f"{mod}.{a.name}" for a in node.names]
-                    found |= {
-                        s for s in subs if (PKG.parent / (s.replace(".", "/") + ".py")).exists()
-                    }
+                    found |= {s for s in subs if _is_module(s)}
                     found.add(mod)
         graph[name] = {m for m in found if m != name}
+    return graph
+
+
+def _is_module(dotted: str) -> bool:
+    path = PKG.parent / dotted.replace(".", "/")
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def unit(module: str) -> str:
+    """The package a module belongs to (gfldet.data.yolo -> gfldet.data); a top-level module
+    (gfldet.config, gfldet.cli) is its own unit."""
+    parts = module.split(".")
+    if len(parts) >= 2 and (PKG / parts[1]).is_dir():
+        return ".".join(parts[:2])
+    return module
+
+
+def package_graph() -> dict[str, set[str]]:
+    """{package: the other packages (and top-level modules) its modules import at run time}.
+    The package itself (gfldet/__init__.py) only re-exports lazily and is left out."""
+    graph: dict[str, set[str]] = {}
+    for m, deps in imports().items():
+        if m == "gfldet":
+            continue
+        u = unit(m)
+        graph.setdefault(u, set()).update(unit(d) for d in deps if unit(d) not in (u, "gfldet"))
     return graph
 
 
@@ -52,6 +106,17 @@ def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
     return seen
 
 
+def importers(graph: dict[str, set[str]], target_prefixes: tuple[str, ...], where: str) -> dict:
+    """{module under `where`: the modules of `target_prefixes` it imports directly}."""
+    out = {}
+    for m, deps in graph.items():
+        if m == where or m.startswith(where + "."):
+            bad = {d for d in deps if d in target_prefixes or d.startswith(target_prefixes)}
+            if bad:
+                out[m] = sorted(bad)
+    return out
+
+
 def test_no_import_cycles():
     graph = imports()
     cycles = [m for m in graph if m in reachable(graph, m) and m != "gfldet"]
@@ -59,13 +124,60 @@ def test_no_import_cycles():
     assert not cycles, f"modules importing themselves through others: {sorted(cycles)}"
 
 
+def test_type_checking_imports_are_left_out():
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\nimport typing\n"
+        "if TYPE_CHECKING:\n    import gfldet.config\n"
+        "if typing.TYPE_CHECKING:\n    import gfldet.cli\nelse:\n    import gfldet.core\n"
+        "def f():\n    import gfldet.data\n"
+    )
+    names = {a.name for n in run_time_nodes(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert names == {"typing", "gfldet.core", "gfldet.data"}
+
+
+def test_the_packages_and_modules_of_the_test_exist():
+    graph = package_graph()
+    expected = {f"gfldet.{j}" for j in JOBS} | {CORE, *ABOVE}
+    assert expected <= set(graph), f"gone: {sorted(expected - set(graph))}"
+
+
+def test_no_import_cycle_between_packages():
+    graph = package_graph()
+    cycles = {}
+    for u in graph:
+        if u in reachable(graph, u):
+            cycles[u] = sorted(v for v in reachable(graph, u) if u in reachable(graph, v))
+    assert not cycles, f"packages importing themselves through others: {cycles}"
+
+
+def test_no_job_imports_the_config_layer_or_the_cli():
+    """The typed options travel down as arguments: a job never reads gfldet.config."""
+    graph = imports()
+    bad = {}
+    for where in (*(f"gfldet.{j}" for j in JOBS), CORE):
+        bad.update(importers(graph, ABOVE, where))
+    assert not bad, f"imports of {ABOVE} below the config layer: {bad}"
+
+
+def test_the_model_imports_no_other_job():
+    graph = imports()
+    others = tuple(f"gfldet.{j}" for j in JOBS if j != "model")
+    bad = importers(graph, others, "gfldet.model")
+    assert not bad, f"gfldet.model imports other jobs: {bad}"
+
+
+def test_core_imports_no_job():
+    graph = imports()
+    bad = importers(graph, tuple(f"gfldet.{j}" for j in JOBS), CORE)
+    assert not bad, f"gfldet.core imports job packages: {bad}"
+
+
 def test_the_model_knows_nothing_of_configs_or_the_engine():
     graph = imports()
     assert {"gfldet.model.detector", "gfldet.model.build", "gfldet.training.trainer"} <= set(graph)
     for m in graph:
         if m.startswith("gfldet.model"):
-            bad = {d for d in reachable(graph, m)
-                   if d.startswith(("gfldet.config", "gfldet.data"))}  # fmt: skip
+            bad = {d for d in reachable(graph, m) if d.startswith(("gfldet.config", "gfldet.data"))}
             assert not bad, f"{m} imports {sorted(bad)}"
 
 

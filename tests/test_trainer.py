@@ -84,6 +84,7 @@ KilledMidRun(load_config(sys.argv[1], sys.argv[3:])).fit()
 """
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_weights(shapes, tmp_path, restore_determinism):
     common = ("train.epochs=2", "train.deterministic=true", "train.ema=true",
               "train.ema_decay=0.9", "train.checkpoint_interval_iters=3")  # fmt: skip
@@ -126,6 +127,7 @@ def test_sigkill_then_resume_gives_the_same_weights(shapes, tmp_path, restore_de
     assert records[-1]["loss"] == [r for r in log_records(whole) if "loss" in r][-1]["loss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_and_prints_the_resume_command(shapes, tmp_path, sig):
     work = tmp_path / "w"
@@ -152,6 +154,7 @@ def test_signal_saves_and_prints_the_resume_command(shapes, tmp_path, sig):
     assert (state["epoch"], state["iter"], state["epoch_iter"]) == (2, 8, 0)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shapes, tmp_path):
     work = tmp_path / "w"
     trainer = Trainer(tiny_cfg(shapes, work, "train.checkpoint_interval_iters=2"))
@@ -178,6 +181,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shapes, tmp_path):
     assert [r["iter"] for r in log_records(work) if "loss" in r] == [1, 2]
 
 
+@pytest.mark.slow
 def test_keep_last_and_resume_from_an_epoch_file(shapes, tmp_path):
     work = tmp_path / "w"
     sets = tiny_sets(shapes, work, "train.epochs=3", "train.keep_last=2",
@@ -198,6 +202,7 @@ def test_keep_last_and_resume_from_an_epoch_file(shapes, tmp_path):
         assert torch.equal(again["model"][name], value), name
 
 
+@pytest.mark.slow
 def test_ema_is_averaged_saved_and_preferred(shapes, tmp_path):
     work = tmp_path / "w"
     cfg = tiny_cfg(shapes, work, "train.ema=true", "train.ema_decay=0.5", "train.max_iters=2")
@@ -224,6 +229,7 @@ def test_ema_is_averaged_saved_and_preferred(shapes, tmp_path):
     assert torch.equal(model.state_dict()[name], state["model"][name])
 
 
+@pytest.mark.slow
 def test_amp_bf16_on_cpu_and_gradient_clipping(shapes, tmp_path):
     cfg = tiny_cfg(shapes, tmp_path / "w", "train.amp=true", "train.grad_clip=0.001",
                    "train.max_iters=2")  # fmt: skip

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import gfldet
+from gfldet.cli import main
 from gfldet.core.checkpoint import save_checkpoint
 from gfldet.core.records import prediction_record
 from gfldet.data.transforms import rescale_size
@@ -79,22 +80,33 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
+# An untrained tiny model (scores ~0.01) with a score threshold that keeps detections.
+SETS = [
+    "model.num_classes=3",
+    "model.backbone.base_width=8",
+    "model.neck.out_channels=16",
+    "model.head.feat_channels=16",
+    "model.head.stacked_convs=1",
+    "model.head.num_groups=4",
+    "model.test.score_thr=0.001",
+    "model.test.max_per_img=20",
+    "data.val.img_scale=[64,64]",
+    "device=cpu",
+]
+
+
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory) -> Predictor:
-    """An untrained tiny model (scores ~0.01) with a score threshold that keeps detections."""
-    root = tmp_path_factory.mktemp("video_model")
-    sets = [
-        "model.num_classes=3", "model.backbone.base_width=8", "model.neck.out_channels=16",
-        "model.head.feat_channels=16", "model.head.stacked_convs=1", "model.head.num_groups=4",
-        "model.test.score_thr=0.001", "model.test.max_per_img=20",
-        "data.val.img_scale=[64,64]", "device=cpu",
-    ]  # fmt: skip
-    cfg = gfldet.load_config(DEMO, sets)
+def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    model = gfldet.build_model(cfg.model)
-    ckpt = root / "tiny.pth"
+    model = gfldet.build_model(gfldet.load_config(DEMO, SETS).model)
+    ckpt = tmp_path_factory.mktemp("video_model") / "tiny.pth"
     save_checkpoint({"model": model.state_dict(), "classes": CLASSES, "cat_ids": [1, 2, 3]}, ckpt)
-    return Predictor(cfg, ckpt, "cpu")
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint) -> Predictor:
+    return Predictor(gfldet.load_config(DEMO, SETS), checkpoint, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +120,9 @@ def videos(tmp_path_factory) -> dict[str, Path]:
 
 def expected_detections(predictor: Predictor, bgr: np.ndarray, thr: float) -> list[dict]:
     det = predictor([cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)])[0]
-    return prediction_record("x", bgr.shape, det, predictor.cat_ids, predictor.class_names,
-                             thr)["detections"]  # fmt: skip
+    return prediction_record("x", bgr.shape, det, predictor.cat_ids, predictor.class_names, thr)[
+        "detections"
+    ]
 
 
 def assert_same_detections(got: list[dict], want: list[dict]) -> None:
@@ -154,8 +167,9 @@ def test_every_frame_predicted_and_written(predictor, videos, tmp_path, kind):
     assert summary["detections"] == sum(len(r["detections"]) for r in lines) > 0
     assert summary["video"] == str(out) and summary["fps_processed"] > 0
     # The default model has edge distributions: every record carries their summaries.
-    assert all(len(d["edge_std"]) == 4 and len(d["edge_top2"]) == 4
-               for r in lines for d in r["detections"])  # fmt: skip
+    assert all(
+        len(d["edge_std"]) == 4 and len(d["edge_top2"]) == 4 for r in lines for d in r["detections"]
+    )
 
     # Frame k's line holds what the predictor gives for frame k, decoded the same way.
     frames_in, _ = read_video(src)
@@ -198,10 +212,18 @@ def test_every_n_frames(predictor, videos, tmp_path, monkeypatch):
 
 
 def test_batched_matches_unbatched(predictor, videos, tmp_path):
-    one = infer_video(predictor, videos["avi"], tmp_path / "b1.avi", every=2, score_thr=0.0,
-                      progress=False)  # fmt: skip
-    four = infer_video(predictor, videos["avi"], tmp_path / "b4.avi", every=2, score_thr=0.0,
-                       progress=False, batch_size=4)  # fmt: skip
+    one = infer_video(
+        predictor, videos["avi"], tmp_path / "b1.avi", every=2, score_thr=0.0, progress=False
+    )
+    four = infer_video(
+        predictor,
+        videos["avi"],
+        tmp_path / "b4.avi",
+        every=2,
+        score_thr=0.0,
+        progress=False,
+        batch_size=4,
+    )
     a, b = read_jsonl(one["jsonl"]), read_jsonl(four["jsonl"])
     assert [r["frame"] for r in b] == [0, 2, 4, 6, 8, 10]
     for ra, rb in zip(a, b, strict=True):
@@ -240,6 +262,28 @@ def test_image_sequence(predictor, tmp_path):
     assert video_output_path(str(seq / "%06d.jpg"), "o") == Path("o/frames.mp4")
 
 
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.arange(20 * 30, dtype=np.uint8).reshape(20, 30),  # gray
+        np.arange(20 * 30 * 3, dtype=np.uint16).reshape(20, 30, 3) * 70,  # 16-bit
+        np.arange(20 * 30 * 4, dtype=np.uint8).reshape(20, 30, 4),  # with alpha
+    ],
+    ids=["gray", "16-bit", "rgba"],
+)
+def test_sequence_frames_decode_as_opencvs_image_sequence_reader(tmp_path, image):
+    # ImageSequenceSource reads the files itself (so that a gap does not end the sequence);
+    # its frames are those of OpenCV's own image-sequence reader, CAP_IMAGES.
+    for k in (1, 2):
+        cv2.imwrite(str(tmp_path / f"f{k:03d}.png"), image)
+    pattern = str(tmp_path / "f%03d.png")
+    ours = [frame for _, frame in video.open_source(pattern).frames()]
+    theirs = [video._as_bgr8(f) for f in read_video(pattern, cv2.CAP_IMAGES)[0]]
+    assert len(ours) == len(theirs) == 2
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.dtype == np.uint8 and a.shape == (20, 30, 3) and np.array_equal(a, b)
+
+
 def test_split_inputs(tmp_path):
     (tmp_path / "a.mp4").write_bytes(b"")
     (tmp_path / "b.MOV").write_bytes(b"")
@@ -247,11 +291,27 @@ def test_split_inputs(tmp_path):
     (tmp_path / "d.txt").write_bytes(b"")
     t = str(tmp_path)
     videos, rest = split_inputs(
-        [f"{t}/c.jpg", f"{t}/a.mp4", f"{t}/missing.avi", f"{t}/f_%05d.png", t, f"{t}/*.mp4",
-         f"{t}/*", f"{t}/*.png", f"{t}/a.mp4", f"{t}/*.mkv", f"{t}/missing.jpg"]
-    )  # fmt: skip
-    assert videos == [f"{t}/a.mp4", f"{t}/missing.avi", f"{t}/f_%05d.png", f"{t}/b.MOV",
-                      f"{t}/*.mkv"]  # fmt: skip
+        [
+            f"{t}/c.jpg",
+            f"{t}/a.mp4",
+            f"{t}/missing.avi",
+            f"{t}/f_%05d.png",
+            t,
+            f"{t}/*.mp4",
+            f"{t}/*",
+            f"{t}/*.png",
+            f"{t}/a.mp4",
+            f"{t}/*.mkv",
+            f"{t}/missing.jpg",
+        ]
+    )
+    assert videos == [
+        f"{t}/a.mp4",
+        f"{t}/missing.avi",
+        f"{t}/f_%05d.png",
+        f"{t}/b.MOV",
+        f"{t}/*.mkv",
+    ]
     # Folders and globs that match more than videos (or nothing) go to expand_inputs.
     assert rest == [f"{t}/c.jpg", t, f"{t}/*", f"{t}/*.png", f"{t}/missing.jpg"]
 
@@ -265,8 +325,11 @@ def test_is_video():
 def test_errors(predictor, videos, tmp_path):
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(bytes(range(256)) * 8)
-    with pytest.raises(ValueError, match=r"^cannot read video .*garbage\.mp4: OpenCV could not "
-                       r"decode it \(codec not supported by this OpenCV build\?\)$"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"^cannot read video .*garbage\.mp4: OpenCV could not "
+        r"decode it \(codec not supported by this OpenCV build\?\)$",
+    ):
         infer_video(predictor, garbage, tmp_path / "g" / "out.mp4", progress=False)
     assert not (tmp_path / "g").exists()  # nothing written for a bad source
 
@@ -291,8 +354,11 @@ def test_errors(predictor, videos, tmp_path):
     with pytest.raises(OSError, match="cannot create output folder for .*a_file/sub/o.mp4"):
         infer_video(predictor, src, blocker / "sub" / "o.mp4", progress=False)
 
-    with pytest.raises(OSError, match=r"cannot write video .*o\.mp4: OpenCV could not open a "
-                       r"'ZZZZ' writer"):  # fmt: skip
+    with pytest.raises(
+        OSError,
+        match=r"cannot write video .*o\.mp4: OpenCV could not open a "
+        r"'ZZZZ' writer",
+    ):
         infer_video(predictor, src, tmp_path / "w" / "o.mp4", fourcc="ZZZZ", progress=False)
     assert not (tmp_path / "w" / "o.predictions.jsonl").exists()
 
@@ -349,11 +415,52 @@ def test_ctrl_c_keeps_finished_frames(predictor, videos, tmp_path, monkeypatch):
 
 
 def test_show_uncertainty_draws_bands(predictor, videos, tmp_path):
-    plain = infer_video(predictor, videos["avi"], tmp_path / "p.avi", every=6, score_thr=0.0,
-                        progress=False)  # fmt: skip
-    bands = infer_video(predictor, videos["avi"], tmp_path / "u.avi", every=6, score_thr=0.0,
-                        show_uncertainty=True, progress=False)  # fmt: skip
+    plain = infer_video(
+        predictor, videos["avi"], tmp_path / "p.avi", every=6, score_thr=0.0, progress=False
+    )
+    bands = infer_video(
+        predictor,
+        videos["avi"],
+        tmp_path / "u.avi",
+        every=6,
+        score_thr=0.0,
+        show_uncertainty=True,
+        progress=False,
+    )
     assert read_jsonl(plain["jsonl"]) == read_jsonl(bands["jsonl"])
     a, b = read_video(plain["video"])[0], read_video(bands["video"])[0]
     assert len(a) == len(b) == N_FRAMES
     assert np.abs(a[0].astype(int) - b[0].astype(int)).mean() > 1
+
+
+def test_a_gap_in_an_image_sequence_is_reported_and_skipped(predictor, tmp_path, caplog):
+    seq = tmp_path / "frames"
+    seq.mkdir()
+    for k, f in enumerate(make_frames(10)):
+        if k not in (4, 7):
+            cv2.imwrite(str(seq / f"{k:06d}.png"), f)
+    pattern, out = str(seq / "%06d.png"), tmp_path / "gap.mp4"
+    with caplog.at_level("WARNING", logger="gfldet"):
+        summary = infer_video(predictor, pattern, out, score_thr=0.0, progress=False)
+    assert summary["frames"] == summary["predicted"] == 8
+    assert summary["missing"] == 2
+    [warning] = [m for m in caplog.messages if "missing" in m]
+    assert "%06d.png" in warning and "4, 7" in warning
+    # The lines keep each frame's place in the numbering, and its time.
+    lines = read_jsonl(summary["jsonl"])
+    assert [r["frame"] for r in lines] == [0, 1, 2, 3, 5, 6, 8, 9]
+    assert lines[4]["time_s"] == pytest.approx(5 / 25)
+    assert len(read_video(out)[0]) == 8
+
+
+def test_a_gap_is_named_in_the_summary_line(checkpoint, tmp_path, capsys):
+    seq = tmp_path / "frames"
+    seq.mkdir()
+    for k, f in enumerate(make_frames(6)):
+        if k != 4:
+            cv2.imwrite(str(seq / f"{k:06d}.jpg"), f)
+    args = ["--checkpoint", str(checkpoint), str(seq / "%06d.jpg")]
+    out_dir = ["--out-dir", str(tmp_path / "out")]
+    assert main(["infer", "--config", DEMO, *args, *out_dir, "--set", *SETS]) == 0
+    out = capsys.readouterr().out
+    assert "5 frames" in out and "1 missing" in out

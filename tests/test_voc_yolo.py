@@ -49,10 +49,12 @@ def by_file(coco: dict, key=lambda fn: Path(fn).name) -> dict:
     return {k: (size, sorted(objs)) for k, (size, objs) in out.items()}
 
 
-def check_ids(coco: dict) -> None:
+def check_ids(coco: dict, first_category: int = 1) -> None:
+    """Ids 1..N, 1..M and (categories) first_category.. (VOC 1..K, YOLO its indices 0..K-1)."""
     assert [im["id"] for im in coco["images"]] == list(range(1, len(coco["images"]) + 1))
     assert [a["id"] for a in coco["annotations"]] == list(range(1, len(coco["annotations"]) + 1))
-    assert [c["id"] for c in coco["categories"]] == list(range(1, len(coco["categories"]) + 1))
+    k = len(coco["categories"])
+    assert [c["id"] for c in coco["categories"]] == list(range(first_category, first_category + k))
     for a in coco["annotations"]:
         assert a["area"] == pytest.approx(a["bbox"][2] * a["bbox"][3])
 
@@ -264,7 +266,7 @@ def test_yolo_round_trip(shapes, tmp_path, gfldet_log):
     assert (out / "labels" / "train" / "000000.txt").is_file()
 
     back = read_yolo(data_yaml, out / "images" / "train")
-    check_ids(back)
+    check_ids(back, first_category=0)
     assert [c["name"] for c in back["categories"]] == names
     assert [im["file_name"] for im in back["images"]] == [f"{i:06d}.jpg" for i in range(8)]
     expected = by_file(
@@ -306,7 +308,7 @@ def test_yolo_names_list_or_mapping(tmp_path):
     with pytest.raises(ValueError, match=r"data.yaml: no 'names:'"):
         read_class_names(f)
     f.write_text("names: [cat, dog\n")
-    with pytest.raises(ValueError, match=r"data.yaml:2: not valid YAML"):
+    with pytest.raises(ValueError, match=r"data.yaml:2:\d+: not valid YAML"):
         read_class_names(f)
 
 
@@ -340,12 +342,12 @@ def test_yolo_label_files_and_boxes(tmp_path):
         {"a.txt": "1 0.5 0.5 0.5 0.5\n\n2 0.25 0.75 0.1 0.2\n", "sub/c.txt": "", "d.txt": "\n"},
     )  # fmt: skip
     coco = read_yolo(data_yaml, tmp_path / "ds" / "images" / "train")
-    check_ids(coco)
+    check_ids(coco, first_category=0)
     assert [im["file_name"] for im in coco["images"]] == ["a.jpg", "b.jpg", "d.png", "sub/c.JPG"]
     assert all((im["width"], im["height"]) == (40, 20) for im in coco["images"])
     assert [c["name"] for c in coco["categories"]] == ["cat", "dog", "bird"]
     got = [(a["image_id"], a["category_id"], a["bbox"]) for a in coco["annotations"]]
-    assert got == [(1, 2, [10.0, 5.0, 20.0, 10.0]), (1, 3, [8.0, 13.0, 4.0, 4.0])]
+    assert got == [(1, 1, [10.0, 5.0, 20.0, 10.0]), (1, 2, [8.0, 13.0, 4.0, 4.0])]
 
 
 def test_label_path_is_ultralytics_rule():
@@ -394,7 +396,7 @@ def test_yolo_bad_line(tmp_path, gfldet_log, case):
         assert f"{data_yaml} has 3 classes (0..2)" in str(e.value)
 
     coco = read_yolo(data_yaml, img_dir, skip_bad=True)
-    assert [a["category_id"] for a in coco["annotations"]] == [1, 2]  # the good lines stay
+    assert [a["category_id"] for a in coco["annotations"]] == [0, 1]  # the good lines stay
     warnings = [r.getMessage() for r in gfldet_log.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "left out 0 of 2 image(s)" in warnings[0] and "and 1 bad label line(s)" in warnings[0]

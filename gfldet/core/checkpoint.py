@@ -102,6 +102,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Loads a checkpoint without executing code from it (weights_only=True).
 
     Returns a dict with at least "model" (a state dict). A bare state dict is accepted too.
+    Raises ValueError (one line, naming the file) when the file holds something else, or when
+    its "model" / "ema" entries are not state dicts (names -> tensors) or "classes" is not a
+    list of names: such a file would otherwise fail later, deep inside the model's loading.
     """
     path = Path(path)
     state = torch_load_safely(path)
@@ -109,9 +112,33 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not a checkpoint (holds a {type(state).__name__})")
     if "model" not in state:
         if state and all(isinstance(v, torch.Tensor) for v in state.values()):
-            return {"model": state}
-        raise ValueError(f"{path}: not a gfldet checkpoint (no 'model' entry)")
+            state = {"model": state}
+        else:
+            raise ValueError(f"{path}: not a gfldet checkpoint (no 'model' entry)")
+    for key in ("model", "ema"):
+        if key in state and (problem := _not_a_state_dict(state[key])):
+            raise ValueError(f"{path}: not a gfldet checkpoint: its '{key}' entry {problem}")
+    classes = state.get("classes")
+    if classes is not None and not (
+        isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)
+    ):
+        raise ValueError(
+            f"{path}: not a gfldet checkpoint: its 'classes' entry is not a list of names "
+            f"(holds a {type(classes).__name__})"
+        )
     return state
+
+
+def _not_a_state_dict(weights: Any) -> str | None:
+    """Why `weights` is not a state dict (names -> tensors), or None when it is one."""
+    if not isinstance(weights, dict):
+        return f"is a {type(weights).__name__}, not a state dict of tensors"
+    for k, v in weights.items():
+        if not isinstance(k, str):
+            return f"has a key {k!r} that is not a tensor name (a state dict maps names to tensors)"
+        if not isinstance(v, torch.Tensor):
+            return f"maps {k[:60]!r} to a {type(v).__name__}, not a tensor (not a state dict)"
+    return None
 
 
 def rename_legacy_keys(weights: dict[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,22 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
         raise
 
 
+def make_output_dir(folder: str | Path, option: str = "--out-dir") -> Path:
+    """Creates `folder` (where `option`'s output goes) or raises a one-line PermissionError
+    saying why it cannot: before the work, so that a long run never ends on a folder it cannot
+    write."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(
+            f"{option}: cannot create output folder {folder}: {e.strerror}"
+        ) from None
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"{option}: output folder is not writable: {folder}")
+    return folder
+
+
 def write_json_atomic(obj: Any, path: str | Path, indent: int | None = None) -> None:
     """Write JSON atomically (see atomic_open); NaN/inf become null (strict JSON)."""
     with atomic_open(path) as f:

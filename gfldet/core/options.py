@@ -21,6 +21,8 @@ import copy
 import dataclasses
 import math
 import operator
+import re
+import reprlib
 import types
 import typing
 from functools import cache
@@ -49,6 +51,18 @@ class OptionError(ValueError):
         return out
 
 
+def short_repr(value: Any, limit: int = 80) -> str:
+    """repr(value) cut to at most `limit` characters, for error messages: a config value may be
+    a long string or a huge (alias-expanded) structure, which must not flood the terminal or
+    take the memory that printing it in full would. Nested containers show their first items.
+    """
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxset, r.maxdict = 3, 8, 8, 8, 6
+    r.maxstring = r.maxother = r.maxlong = max(limit, 8)
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: max(limit - 3, 1)] + "..."
+
+
 def option(
     default: Any,
     *,
@@ -58,13 +72,15 @@ def option(
     le: float | None = None,
     lt: float | None = None,
     length: int | None = None,
+    pattern: str | None = None,
     help: str | None = None,
 ) -> Any:
     """A dataclass field with its constraints. Bounds apply to a number, or to every item of a
-    list; `length` fixes a list's length; `choices` lists the allowed values; `help` is the
-    one-line description that docs/configs.md and the JSON Schema show."""
+    list; `length` fixes a list's length; `choices` lists the allowed values; `pattern` is a
+    regular expression that a string must match in full; `help` is the one-line description
+    (what the option does and why) that docs/configs.md and the JSON Schema show."""
     meta = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "length": length}
-    meta["help"] = help
+    meta.update(pattern=pattern, help=help)
     meta = {k: v for k, v in meta.items() if v is not None}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
@@ -117,8 +133,12 @@ def _scalar_ok(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
-_BOUNDS = {"ge": (">=", operator.ge), "gt": (">", operator.gt),
-           "le": ("<=", operator.le), "lt": ("<", operator.lt)}  # fmt: skip
+_BOUNDS = {
+    "ge": (">=", operator.ge),
+    "gt": (">", operator.gt),
+    "le": ("<=", operator.le),
+    "lt": ("<", operator.lt),
+}
 
 
 def _bound_problem(value: float, meta: dict) -> str | None:
@@ -140,23 +160,26 @@ def value_problem(value: Any, tp: Any, meta: dict) -> str | None:
         n = meta.get("length")
         if not isinstance(value, list) or (n is not None and len(value) != n):
             size = f" of {n}" if n is not None else ""
-            return f"must be a list{size} of {_type_name(item)}, got {value!r}"
+            return f"must be a list{size} of {_type_name(item)}, got {short_repr(value)}"
         for v in value:
             if not _scalar_ok(v, item):
-                return f"must be a list of {_type_name(item)}, got {value!r}"
+                return f"must be a list of {_type_name(item)}, got {short_repr(value)}"
             bound = _bound_problem(v, meta)
             if bound:
-                return f"must hold values {bound}, got {value!r}"
+                return f"must hold values {bound}, got {short_repr(value)}"
         return None
     if not _scalar_ok(value, tp):
-        return f"must be {_type_name(tp)}, got {value!r}"
+        return f"must be {_type_name(tp)}, got {short_repr(value)}"
     if tp in (int, float):
         bound = _bound_problem(value, meta)
         if bound:
-            return f"must be {bound}, got {value!r}"
+            return f"must be {bound}, got {short_repr(value)}"
+    pattern = meta.get("pattern")
+    if pattern is not None and not re.fullmatch(pattern, value):
+        return f"must match {pattern}, got {short_repr(value)}"
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        return f"must be one of {', '.join(map(str, choices))}; got {value!r}"
+        return f"must be one of {', '.join(map(str, choices))}; got {short_repr(value)}"
     return None
 
 
@@ -195,7 +218,7 @@ def from_dict(cls: type, values: dict[str, Any] | None, prefix: str = "") -> Any
                 kwargs[name] = value
                 continue
             if not isinstance(value, dict):
-                raise OptionError([key], f"{{{key}}} must be a mapping, got {value!r}")
+                raise OptionError([key], f"{{{key}}} must be a mapping, got {short_repr(value)}")
             kwargs[name] = from_dict(tp, value, f"{key}.")
             continue
         problem = value_problem(value, tp, meta)

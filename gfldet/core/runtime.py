@@ -9,11 +9,16 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from . import dist as gdist
+
+if TYPE_CHECKING:  # the config layer sits above the jobs: types only, never imported here
+    from ..config import Config
+    from ..model.options import ModelOptions
 
 log = logging.getLogger("gfldet")
 LOG_FORMAT = ("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
@@ -78,10 +83,16 @@ def configure_determinism(enabled: bool) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def resolve_num_classes(cfg: dict, class_names: list[str], source: str) -> None:
-    """model.num_classes from the dataset when unset; a mismatch is an error."""
-    n = cfg.model.num_classes
+def resolve_num_classes(cfg: Config, class_names: list[str], source: str) -> None:
+    """cfg.model.num_classes from the dataset when unset; a mismatch is an error."""
+    set_num_classes(cfg.model, class_names, source)
+
+
+def set_num_classes(model: ModelOptions, class_names: list[str], source: str) -> None:
+    """model.num_classes (a config's model section) from `class_names` (of the data or a
+    checkpoint: `source`) when unset; ValueError when it is set to another number."""
+    n = model.num_classes
     if n is None:
-        cfg.model.num_classes = len(class_names)
+        model.num_classes = len(class_names)
     elif n != len(class_names):
         raise ValueError(f"model.num_classes is {n} but {source} has {len(class_names)} categories")

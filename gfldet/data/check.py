@@ -12,28 +12,34 @@ from tqdm import tqdm
 
 from .coco import BadImageError, CocoDetection
 from .loader import build_dataset
+from .voc import CHECK_ERROR
 
 log = logging.getLogger("gfldet")
 
 
 class _Collect(logging.Handler):
     """Keeps what a dataset logs while it is built: every problem it skipped (the readers log
-    each one at DEBUG level, and a summary with counts as a warning)."""
+    each one at DEBUG level, and a summary with counts as a warning), and the warnings marked
+    CHECK_ERROR (training runs, but its result would mean nothing)."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        self.errors: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.WARNING:
+        if getattr(record, CHECK_ERROR, False):
+            self.errors.append(record.getMessage())
+        elif record.levelno >= logging.WARNING:
             self.warnings.append(record.getMessage())
         elif record.levelno == logging.DEBUG:
             self.problems.append(record.getMessage())
 
 
 def _build(split_cfg: dict, train: bool, skip_bad: bool, classes: list[str] | None) -> Any:
-    """(dataset or None, the problems it skipped, the error that stopped it or None)."""
+    """(dataset or None, the problems it skipped, the error that stopped it or None, the
+    warnings that data check counts as errors)."""
     handler = _Collect()
     level = log.level
     log.addHandler(handler)
@@ -46,7 +52,7 @@ def _build(split_cfg: dict, train: bool, skip_bad: bool, classes: list[str] | No
         log.removeHandler(handler)
         log.setLevel(level)
     # Each problem once; the summaries only for what has no line of its own (e.g. a count).
-    return dataset, handler.problems or handler.warnings, error
+    return dataset, handler.problems or handler.warnings, error, handler.errors
 
 
 def _read_images(dataset: CocoDetection, workers: int, name: str) -> list[str]:
@@ -63,8 +69,11 @@ def _read_images(dataset: CocoDetection, workers: int, name: str) -> list[str]:
     # A missing file was reported by the build already (build_dataset's missing_images check,
     # one line each): reading it would report it a second time.
     missing = set(dataset.missing_images())
-    ids = [i for i in dataset.img_ids
-           if dataset.img_dir / dataset.coco.imgs[i]["file_name"] not in missing]  # fmt: skip
+    ids = [
+        i
+        for i in dataset.img_ids
+        if dataset.img_dir / dataset.coco.imgs[i]["file_name"] not in missing
+    ]
     with ThreadPoolExecutor(max(1, workers)) as pool:
         found = pool.map(read, ids)
         bar = tqdm(found, total=len(ids), desc=f"reading {name} images", leave=False)
@@ -87,19 +96,22 @@ def check_data(cfg: Any, read_images: bool = True, workers: int = 2) -> dict:
     classes = d.classes
     for name, train in (("train", True), ("val", False)):
         split = getattr(d, name)
-        dataset, warnings, error = _build(split, train, skip, classes)
+        dataset, warnings, error, meaningless = _build(split, train, skip, classes)
         errors = [error] if error else []
         if dataset is None and not skip:  # look past the first problem
-            dataset, problems, error = _build(split, train, True, classes)
+            dataset, problems, error, meaningless = _build(split, train, True, classes)
             # Without skipping, each of these stops training: they are the errors, one line
             # each. The first error was one of them (or their summary): not listed again.
             errors, warnings = problems or errors, []
             if error and error not in errors:
                 errors.append(error)
+        errors += [m for m in meaningless if m not in errors]
         entry: dict[str, Any] = {
-            "format": split.format, "ann_file": split.ann_file, "errors": errors,
+            "format": split.format,
+            "ann_file": split.ann_file,
+            "errors": errors,
             "skipped": warnings,
-        }  # fmt: skip
+        }
         if dataset is not None:
             if name == "train":
                 classes = dataset.class_names  # the val split must have the same (VOC: takes them)
@@ -108,10 +120,10 @@ def check_data(cfg: Any, read_images: bool = True, workers: int = 2) -> dict:
                 errors.append(f"{split.ann_file}: categories differ from {d.train.ann_file}")
             objects = Counter(
                 dataset.class_names[int(label)]
-                for img in dataset.img_ids for label in dataset._targets[img][1]
-            )  # fmt: skip
-            entry.update(images=len(dataset), objects=sum(objects.values()),
-                         classes=dict(objects))  # fmt: skip
+                for img in dataset.img_ids
+                for label in dataset._targets[img][1]
+            )
+            entry.update(images=len(dataset), objects=sum(objects.values()), classes=dict(objects))
             if read_images:
                 bad = _read_images(dataset, workers, name)
                 (entry["skipped"] if skip else errors).extend(bad)
@@ -126,14 +138,20 @@ def format_check(report: dict, limit: int = 10) -> str:
     kind), then the verdict."""
     lines = []
     for name, e in report["splits"].items():
-        size = (f"{e['images']} images, {e['objects']} objects, {len(e['classes'])} classes"
-                if "images" in e else "not readable")  # fmt: skip
+        size = (
+            f"{e['images']} images, {e['objects']} objects, {len(e['classes'])} classes"
+            if "images" in e
+            else "not readable"
+        )
         lines.append(f"{name} ({e['format']}, {e['ann_file']}): {size}")
         for kind in ("errors", "skipped"):
             for msg in e[kind][:limit]:
                 lines.append(f"  {'error' if kind == 'errors' else 'skipped'}: {msg}")
             if len(e[kind]) > limit:
                 lines.append(f"  ... and {len(e[kind]) - limit} more")
-    verdict = "OK: training and evaluation can read this data" if report["ok"] else (
-        "PROBLEMS: training or evaluation would stop on the errors above")  # fmt: skip
+    verdict = (
+        "OK: training and evaluation can read this data"
+        if report["ok"]
+        else ("PROBLEMS: training or evaluation would stop on the errors above")
+    )
     return "\n".join([*lines, verdict])

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
+from gfldet.core.options import short_repr
+
 log = logging.getLogger("gfldet")
 
 # transform(image [H, W, 3] uint8 RGB, boxes [N, 4] float32 xyxy, rng random.Random | None)
@@ -126,45 +128,206 @@ def _check_images_and_categories(ann_file: Path, data: dict) -> None:
     ids: set = set()
     for i, im in enumerate(data["images"]):
         if not isinstance(im, dict):
-            raise ValueError(f"{ann_file}: images[{i}] is not an object: {im!r}")
+            raise ValueError(f"{ann_file}: images[{i}] is not an object: {short_repr(im)}")
         for key in ("id", "file_name", "width", "height"):
             if key not in im:
-                raise ValueError(f"{ann_file}: images[{i}] (id {im.get('id')!r}) has no '{key}'")
+                raise ValueError(
+                    f"{ann_file}: images[{i}] (id {short_repr(im.get('id'))}) has no '{key}'"
+                )
         if not _is_id(im["id"]):
             raise ValueError(
-                f"{ann_file}: images[{i}]: image id {im['id']!r} must be an integer (COCO ids are)"
+                f"{ann_file}: images[{i}]: image id {short_repr(im['id'])} must be an integer "
+                "(COCO ids are)"
             )
         w, h = im["width"], im["height"]
         if not all(_is_number(v) and v >= 1 and float(v).is_integer() for v in (w, h)):
             raise ValueError(
-                f"{ann_file}: image {im['id']!r} has an invalid size: width {w!r}, height {h!r}"
+                f"{ann_file}: image {short_repr(im['id'])} has an invalid size: width "
+                f"{short_repr(w)}, height {short_repr(h)}"
             )
         if im["id"] in ids:
-            raise ValueError(f"{ann_file}: image id {im['id']!r} appears more than once")
+            raise ValueError(f"{ann_file}: image id {short_repr(im['id'])} appears more than once")
         ids.add(im["id"])
     cat_ids: set = set()
+    names: dict[str, int] = {}
     for i, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
-            raise ValueError(f"{ann_file}: categories[{i}] needs an 'id' and a 'name': {cat!r}")
+            raise ValueError(
+                f"{ann_file}: categories[{i}] needs an 'id' and a 'name': {short_repr(cat)}"
+            )
         if not _is_id(cat["id"]):
             raise ValueError(
-                f"{ann_file}: categories[{i}]: category id {cat['id']!r} must be an integer"
+                f"{ann_file}: categories[{i}]: category id {short_repr(cat['id'])} must be an "
+                "integer"
             )
         if cat["id"] in cat_ids:
-            raise ValueError(f"{ann_file}: category id {cat['id']!r} appears more than once")
+            raise ValueError(
+                f"{ann_file}: category id {short_repr(cat['id'])} appears more than once"
+            )
         cat_ids.add(cat["id"])
+        name = str(cat["name"])
+        if name in names:
+            raise ValueError(
+                f"{ann_file}: category name {short_repr(name)} is given twice (category ids "
+                f"{names[name]} and {cat['id']}): per-class results would merge the two"
+            )
+        names[name] = cat["id"]
 
 
 def _bbox_problem(ann: dict) -> str | None:
     """Why an annotation's bbox is unusable (not 4 numbers, NaN / inf, negative size), or None."""
     bbox = ann.get("bbox")
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(map(_is_number, bbox)):
-        return f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}"
+        return f"bbox must be 4 numbers [x, y, w, h], got {short_repr(bbox)}"
     if not all(math.isfinite(v) for v in bbox):
-        return f"bbox has a non-finite value: {bbox!r}"
+        return f"bbox has a non-finite value: {short_repr(bbox)}"
     if bbox[2] < 0 or bbox[3] < 0:
-        return f"bbox has a negative width or height: {bbox!r}"
+        return f"bbox has a negative width or height: {short_repr(bbox)}"
     return None
+
+
+def _check_annotation(ann_file: Path, i: int, ann: object, image_ids: set, cat_ids: set) -> None:
+    """Raises ValueError for an annotation that no setting can use: not an object, an id that
+    is not an integer, an image or category id that the file does not have."""
+    if not isinstance(ann, dict) or "id" not in ann:
+        raise ValueError(f"{ann_file}: annotations[{i}] has no 'id': {short_repr(ann)}")
+    if not _is_id(ann["id"]):
+        raise ValueError(
+            f"{ann_file}: annotations[{i}]: annotation id {short_repr(ann['id'])} must be an "
+            "integer"
+        )
+    if ann.get("image_id") not in image_ids:
+        raise ValueError(
+            f"{ann_file}: annotation {ann['id']} references unknown "
+            f"image_id {short_repr(ann.get('image_id'))}"
+        )
+    if ann.get("category_id") not in cat_ids:
+        raise ValueError(
+            f"{ann_file}: annotation {ann['id']} references unknown "
+            f"category_id {short_repr(ann.get('category_id'))}"
+        )
+
+
+def _renumber(anns: list[dict], duplicates: list[dict], used: set[int]) -> list[dict]:
+    """`anns` with each annotation of `duplicates` (an id seen before it) given a new id above
+    every id in `used`."""
+    next_id = max(used) + 1
+    renumbered = {id(a): next_id + k for k, a in enumerate(duplicates)}
+    return [{**a, "id": renumbered[id(a)]} if id(a) in renumbered else a for a in anns]
+
+
+def clean_annotations(ann_file: Path, data: dict, skip_bad: bool) -> tuple[list[dict], int]:
+    """(the annotations that evaluation and training can use, how many were left out).
+
+    Each annotation is checked (_check_annotation: always an error). With skip_bad, one with an
+    unusable bbox (_bbox_problem) is left out and a repeated id renumbered (pycocotools would
+    evaluate one of the two boxes twice and drop the other), each with one warning; without, either
+    is a ValueError naming the file and the annotation. A missing `iscrowd` / `area`, which
+    pycocotools' evaluation reads for every ground-truth box, becomes 0 / the box's w x h.
+    """
+    image_ids = {im["id"] for im in data["images"]}
+    cat_ids = {c["id"] for c in data["categories"]}
+    anns, ann_ids, duplicates, filled, invalid = [], set(), [], 0, 0
+    for i, ann in enumerate(data["annotations"]):
+        _check_annotation(ann_file, i, ann, image_ids, cat_ids)
+        problem = _bbox_problem(ann)
+        if problem is not None:
+            if not skip_bad:
+                raise ValueError(
+                    f"{ann_file}: annotation {ann['id']} (image {ann['image_id']}): "
+                    f"{problem} (data.skip_bad_images: true leaves such boxes out)"
+                )
+            if invalid == 0:
+                log.warning("%s: left out annotation %s: %s", ann_file, ann["id"], problem)
+            log.debug("%s: annotation %s: %s", ann_file, ann["id"], problem)
+            invalid += 1
+            continue
+        if ann["id"] in ann_ids:
+            if not skip_bad:
+                raise ValueError(
+                    f"{ann_file}: annotation id {ann['id']} appears more than once "
+                    "(data.skip_bad_images: true renumbers duplicates)"
+                )
+            duplicates.append(ann)
+            log.debug("%s: annotation id %s appears more than once", ann_file, ann["id"])
+        ann_ids.add(ann["id"])
+        if "iscrowd" not in ann or "area" not in ann:
+            w, h = ann["bbox"][2:]
+            ann = {"iscrowd": 0, "area": float(w * h), **ann}
+            filled += 1
+        anns.append(ann)
+    if duplicates:
+        anns = _renumber(anns, duplicates, ann_ids)
+        log.warning(
+            "%s: renumbered %d duplicate annotation id(s), e.g. %s (data.skip_bad_images)",
+            ann_file,
+            len(duplicates),
+            duplicates[0]["id"],
+        )
+    if filled:
+        log.info(
+            "%s: %d annotation(s) without 'iscrowd' / 'area' taken as iscrowd 0 and area "
+            "w x h of their box",
+            ann_file,
+            filled,
+        )
+    if invalid:
+        log.warning(
+            "%s: left out %d annotation(s) with an invalid box (data.skip_bad_images)",
+            ann_file,
+            invalid,
+        )
+    return anns, invalid
+
+
+def coco_index(data: dict) -> COCO:
+    """pycocotools' index of a checked COCO dict (the evaluator's ground truth too)."""
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco
+
+
+def category_mapping(coco: COCO) -> tuple[list[int], list[str], dict[int, int]]:
+    """(category ids sorted, their names, {category id: label}): label k is the k-th smallest
+    id, so the labels 0..C-1 do not depend on the order of the file's categories."""
+    cat_ids = sorted(coco.cats)
+    names = [coco.cats[c]["name"] for c in cat_ids]
+    return cat_ids, names, {c: i for i, c in enumerate(cat_ids)}
+
+
+def usable_boxes(
+    info: dict, anns: list[dict], cat_id_to_label: dict[int, int], box_stats: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training targets of one image (`info`: its entry in the file): float32 `[N, 4]`
+    xyxy boxes clipped to the image and int64 `[N]` labels.
+
+    Same rules as MMDetection v2: crowd boxes are not targets; a box with no overlap with the
+    image, an area <= 0 or a side below one pixel is dropped; `box_stats` counts the boxes
+    "dropped" and "clipped".
+    """
+    img_w, img_h = info["width"], info["height"]
+    boxes, labels = [], []
+    for ann in anns:
+        if ann.get("iscrowd", 0):
+            continue
+        x, y, w, h = ann["bbox"]
+        inter_w = max(0.0, min(x + w, img_w) - max(x, 0.0))
+        inter_h = max(0.0, min(y + h, img_h) - max(y, 0.0))
+        area = ann.get("area", 1)
+        if inter_w * inter_h == 0 or not (_is_number(area) and area > 0) or w < 1 or h < 1:
+            box_stats["dropped"] += 1
+            continue
+        box = [max(x, 0.0), max(y, 0.0), min(x + w, img_w), min(y + h, img_h)]
+        if box != [x, y, x + w, y + h]:
+            box_stats["clipped"] += 1
+        boxes.append(box)
+        labels.append(cat_id_to_label[ann["category_id"]])
+    return (
+        np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        np.asarray(labels, dtype=np.int64),
+    )
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -176,8 +339,10 @@ class CocoDetection(torch.utils.data.Dataset):
     before padding, `scale_factor` (w_scale, h_scale) with transformed = original * scale,
     `flipped` bool.
 
-    With `train=True` images without any usable box are skipped; with `train=False` every image
-    in the file is kept so evaluation sees the whole split.
+    With `train=True` and `filter_empty=True` (MMDetection's filtering, the COCO recipes')
+    images without any usable box are skipped; with `filter_empty=False` they are kept as
+    background images (negatives, N = 0). With `train=False` every image in the file is kept so
+    evaluation sees the whole split. A training split without a single usable box is an error.
 
     skip_bad: an unreadable image makes `__getitem__` return None (with a warning) instead of
     raising, and an annotation with an invalid box is left out (counted in `box_stats`).
@@ -194,6 +359,7 @@ class CocoDetection(torch.utils.data.Dataset):
         train: bool,
         skip_bad: bool = False,
         data: dict | None = None,
+        filter_empty: bool = True,
     ) -> None:
         self.ann_file, self.img_dir = Path(ann_file), Path(img_dir)
         self.transform, self.train, self.skip_bad = transform, train, skip_bad
@@ -201,133 +367,40 @@ class CocoDetection(torch.utils.data.Dataset):
         # the same checks as a COCO file; errors name `ann_file` either way.
         data = read_coco_json(self.ann_file) if data is None else data
         _check_images_and_categories(self.ann_file, data)
-        image_ids = {im["id"] for im in data["images"]}
-        cat_ids = {c["id"] for c in data["categories"]}
-
-        self.box_stats = {"clipped": 0, "dropped": 0, "invalid": 0}
-        anns, ann_ids, duplicates, filled = [], set(), [], 0
-        for i, ann in enumerate(data["annotations"]):
-            if not isinstance(ann, dict) or "id" not in ann:
-                raise ValueError(f"{self.ann_file}: annotations[{i}] has no 'id': {ann!r}")
-            if not _is_id(ann["id"]):
-                raise ValueError(
-                    f"{self.ann_file}: annotations[{i}]: annotation id {ann['id']!r} must be an "
-                    "integer"
-                )
-            if ann.get("image_id") not in image_ids:
-                raise ValueError(
-                    f"{self.ann_file}: annotation {ann['id']} references unknown "
-                    f"image_id {ann.get('image_id')!r}"
-                )
-            if ann.get("category_id") not in cat_ids:
-                raise ValueError(
-                    f"{self.ann_file}: annotation {ann['id']} references unknown "
-                    f"category_id {ann.get('category_id')!r}"
-                )
-            problem = _bbox_problem(ann)
-            if problem is not None:
-                if not skip_bad:
-                    raise ValueError(
-                        f"{self.ann_file}: annotation {ann['id']} (image {ann['image_id']}): "
-                        f"{problem} (data.skip_bad_images: true leaves such boxes out)"
-                    )
-                if self.box_stats["invalid"] == 0:
-                    log.warning("%s: left out annotation %s: %s", self.ann_file, ann["id"], problem)
-                log.debug("%s: annotation %s: %s", self.ann_file, ann["id"], problem)
-                self.box_stats["invalid"] += 1
-                continue
-            if ann["id"] in ann_ids:
-                # pycocotools would evaluate one of the two boxes twice and drop the other.
-                if not skip_bad:
-                    raise ValueError(
-                        f"{self.ann_file}: annotation id {ann['id']} appears more than once "
-                        "(data.skip_bad_images: true renumbers duplicates)"
-                    )
-                duplicates.append(ann)
-                log.debug("%s: annotation id %s appears more than once", self.ann_file, ann["id"])
-            ann_ids.add(ann["id"])
-            # pycocotools' evaluation reads `iscrowd` and `area` of every ground-truth box.
-            if "iscrowd" not in ann or "area" not in ann:
-                w, h = ann["bbox"][2:]
-                ann = {"iscrowd": 0, "area": float(w * h), **ann}
-                filled += 1
-            anns.append(ann)
-        if duplicates:
-            next_id = max(ann_ids) + 1
-            renumbered = {id(a): next_id + k for k, a in enumerate(duplicates)}
-            anns = [{**a, "id": renumbered[id(a)]} if id(a) in renumbered else a for a in anns]
-            log.warning(
-                "%s: renumbered %d duplicate annotation id(s), e.g. %s (data.skip_bad_images)",
-                self.ann_file, len(duplicates), duplicates[0]["id"],
-            )  # fmt: skip
-        if filled:
-            log.info(
-                "%s: %d annotation(s) without 'iscrowd' / 'area' taken as iscrowd 0 and area "
-                "w x h of their box", self.ann_file, filled,
-            )  # fmt: skip
-        if self.box_stats["invalid"]:
-            log.warning(
-                "%s: left out %d annotation(s) with an invalid box (data.skip_bad_images)",
-                self.ann_file, self.box_stats["invalid"],
-            )  # fmt: skip
-        data = {**data, "annotations": anns}  # the evaluator's ground truth is this index too
-
-        self.coco = COCO()
-        self.coco.dataset = data
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            self.coco.createIndex()
-
-        self.cat_ids: list[int] = sorted(self.coco.cats)
-        self.class_names: list[str] = [self.coco.cats[c]["name"] for c in self.cat_ids]
-        self.cat_id_to_label: dict[int, int] = {c: i for i, c in enumerate(self.cat_ids)}
+        anns, invalid = clean_annotations(self.ann_file, data, skip_bad)
+        self.box_stats = {"clipped": 0, "dropped": 0, "invalid": invalid}
+        self.coco = coco_index({**data, "annotations": anns})
+        self.cat_ids, self.class_names, self.cat_id_to_label = category_mapping(self.coco)
         self.num_classes = len(self.cat_ids)
 
         self._targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.img_ids: list[int] = []
         for img_id in sorted(self.coco.imgs):  # sorted: a stable order whatever the file order
-            boxes, labels = self._parse_anns(img_id)
-            if train and len(boxes) == 0:
-                continue
-            self._targets[img_id] = (boxes, labels)
-            self.img_ids.append(img_id)
+            self._targets[img_id] = usable_boxes(
+                self.coco.imgs[img_id],
+                self.coco.imgToAnns[img_id],
+                self.cat_id_to_label,
+                self.box_stats,
+            )
+        self.img_ids: list[int] = [
+            i
+            for i, (boxes, _) in self._targets.items()
+            if not (train and filter_empty) or len(boxes)
+        ]
+        self._targets = {i: self._targets[i] for i in self.img_ids}
         s = self.box_stats
         if s["clipped"] or s["dropped"]:
             log.info(
                 "%s: %d box(es) clipped to their image; %d dropped (no overlap with the image, "
-                "a side under 1 pixel, or area <= 0)", self.ann_file, s["clipped"], s["dropped"],
-            )  # fmt: skip
-        if train and not self.img_ids:
+                "a side under 1 pixel, or area <= 0)",
+                self.ann_file,
+                s["clipped"],
+                s["dropped"],
+            )
+        if train and not any(len(b) for b, _ in self._targets.values()):
             raise ValueError(
                 f"{self.ann_file}: no image has a usable box ({len(data['images'])} images, "
                 f"{len(anns)} annotations, {s['dropped']} boxes dropped as unusable)"
             )
-
-    def _parse_anns(self, img_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """Usable boxes of one image: float32 `[N, 4]` xyxy clipped to the image, int64 `[N]`."""
-        info = self.coco.imgs[img_id]
-        img_w, img_h = info["width"], info["height"]
-        boxes, labels = [], []
-        for ann in self.coco.imgToAnns[img_id]:
-            if ann.get("iscrowd", 0):
-                continue
-            x, y, w, h = ann["bbox"]
-            # Same rules as MMDetection v2: no overlap with the image, empty area or a side
-            # below one pixel means the box is not a usable target.
-            inter_w = max(0.0, min(x + w, img_w) - max(x, 0.0))
-            inter_h = max(0.0, min(y + h, img_h) - max(y, 0.0))
-            area = ann.get("area", 1)
-            if inter_w * inter_h == 0 or not (_is_number(area) and area > 0) or w < 1 or h < 1:
-                self.box_stats["dropped"] += 1
-                continue
-            box = [max(x, 0.0), max(y, 0.0), min(x + w, img_w), min(y + h, img_h)]
-            if box != [x, y, x + w, y + h]:
-                self.box_stats["clipped"] += 1
-            boxes.append(box)
-            labels.append(self.cat_id_to_label[ann["category_id"]])
-        return (
-            np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-            np.asarray(labels, dtype=np.int64),
-        )
 
     def __len__(self) -> int:
         return len(self.img_ids)

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
-from .coco import CocoDetection
+from .coco import BadImageError, CocoDetection
 from .options import TrainSplitOptions, ValSplitOptions
 from .sampler import GroupedBatchSampler
-from .transforms import TestTransform, TrainTransform, collate_batch
+from .transforms import Sample, TestTransform, TrainRecipe, collate_batch
 from .voc import read_voc
 from .yolo import read_yolo
 
@@ -39,34 +39,133 @@ def read_annotations(
     return None
 
 
+class TrainDataset(CocoDetection):
+    """The training split: a CocoDetection whose items go through a `TrainRecipe`, which may
+    combine several images (mosaic, mixup) and drop boxes (zoom, shift).
+
+    Items are keyed `(index, augmentation seed, epoch)` as `GroupedBatchSampler(with_seeds=True,
+    with_epoch=True)` yields them (`(index, seed)` and a bare index are read as epoch 0; a bare
+    index draws from the global `random`). Returns `(image, target)` as CocoDetection, with the
+    boxes and labels the recipe produced, or None when the item's image is unreadable under
+    skip_bad. `transform` is the recipe's resize + flip part (TrainTransform).
+    """
+
+    def __init__(
+        self,
+        ann_file: str | Path,
+        img_dir: str | Path,
+        recipe: TrainRecipe,
+        skip_bad: bool = False,
+        data: dict | None = None,
+        **kwargs: object,
+    ) -> None:
+        """kwargs: further CocoDetection arguments (e.g. filter_empty)."""
+        super().__init__(ann_file, img_dir, recipe.resize_flip, True, skip_bad, data, **kwargs)
+        self.recipe = recipe
+
+    def load(self, index: int) -> Sample | None:
+        """Item `index` before augmentation: (image, copies of its boxes and labels), or None for
+        an unreadable image under skip_bad (with a warning)."""
+        img_id = self.img_ids[index]
+        try:
+            image = self.read_image(img_id)
+        except BadImageError as e:
+            if not self.skip_bad:
+                raise
+            log.warning("skipped an unreadable image (data.skip_bad_images): %s", e)
+            return None
+        boxes, labels = self._targets[img_id]
+        return image, boxes.copy(), labels.copy()
+
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, dict] | None:
+        index, seed, epoch = (*key, 0)[:3] if isinstance(key, tuple) else (key, None, 0)
+        rng = random.Random(seed) if seed is not None else None
+        out = self.recipe(self.load, len(self), index, rng, epoch)
+        if out is None:
+            return None
+        image, boxes, labels, info = out
+        img_id = self.img_ids[index]
+        meta = self.coco.imgs[img_id]
+        target = {
+            "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)),
+            "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
+            "image_id": int(img_id),
+            "orig_size": (int(meta["height"]), int(meta["width"])),
+            "img_size": tuple(int(s) for s in info["img_size"]),
+            "scale_factor": tuple(float(s) for s in info["scale_factor"]),
+            "flipped": bool(info["flipped"]),
+        }
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), target
+
+
+def train_recipe(split_cfg: TrainSplitOptions, epochs: int | None = None) -> TrainRecipe:
+    """The TrainRecipe of a `data.train` section; epochs: the run's total (train.epochs), which
+    places the switch-off of mosaic and mixup `mosaic_close_epochs` before the end (None: never
+    switched off)."""
+    c = split_cfg
+    mix_epochs = None
+    if epochs is not None and c.mosaic_close_epochs > 0:
+        mix_epochs = max(epochs - c.mosaic_close_epochs, 0)
+        if mix_epochs == 0 and (c.mosaic_prob > 0 or c.mixup_prob > 0):
+            log.warning(
+                "data.train.mosaic_close_epochs (%d) >= train.epochs (%d): no epoch uses "
+                "mosaic or mixup",
+                c.mosaic_close_epochs,
+                epochs,
+            )
+    try:
+        return TrainRecipe(
+            tuple(c.img_scale),  # [long, short], checked by the config
+            c.flip_prob,
+            tuple(c.ms_short_range) if c.ms_short_range is not None else None,
+            brightness=c.brightness,
+            contrast=c.contrast,
+            saturation=c.saturation,
+            hue=c.hue,
+            affine_scale=tuple(c.affine_scale) if c.affine_scale is not None else None,
+            affine_translate=c.affine_translate,
+            mosaic_prob=c.mosaic_prob,
+            mixup_prob=c.mixup_prob,
+            mix_epochs=mix_epochs,
+        )
+    except ValueError as e:
+        raise ValueError(f"data.train.{e}") from None
+
+
 def build_dataset(
     split_cfg: TrainSplitOptions | ValSplitOptions,
     train: bool,
     skip_bad: bool = False,
     classes: list[str] | None = None,
+    epochs: int | None = None,
 ) -> CocoDetection:
-    """Builds a CocoDetection from a `data.train` / `data.val` config section.
+    """Builds the dataset of a `data.train` / `data.val` config section.
 
-    Uses its format, ann_file, img_dir, img_scale ([long, short]); for training (a
-    TrainSplitOptions) also flip_prob and ms_short_range (null or [min, max]). skip_bad: the
-    config's `data.skip_bad_images` (see CocoDetection); classes: the class names of a VOC
-    split, in label order (None: its sorted names).
+    Uses its format, ann_file, img_dir, img_scale ([long, short]). For training (a
+    TrainSplitOptions): a `TrainDataset` with the section's augmentation (`train_recipe`) and
+    its filter_empty; epochs: the run's train.epochs, for mosaic_close_epochs. Otherwise a
+    CocoDetection with every image (TestTransform). skip_bad: the config's
+    `data.skip_bad_images` (see CocoDetection); classes: the class names of a VOC split, in
+    label order (None: its sorted names).
     """
-    img_scale = tuple(split_cfg.img_scale)  # [long, short], checked by the config
-    if train:
-        ms = split_cfg.ms_short_range
-        transform = TrainTransform(
-            img_scale=img_scale,
-            flip_prob=split_cfg.flip_prob,
-            ms_short_range=tuple(ms) if ms is not None else None,
-        )
-    else:
-        transform = TestTransform(img_scale=img_scale)
     data = read_annotations(
         split_cfg.format, split_cfg.ann_file, split_cfg.img_dir, classes,
         skip_bad,
     )  # fmt: skip
-    dataset = CocoDetection(split_cfg.ann_file, split_cfg.img_dir, transform, train, skip_bad, data)
+    if train:
+        dataset: CocoDetection = TrainDataset(
+            split_cfg.ann_file,
+            split_cfg.img_dir,
+            train_recipe(split_cfg, epochs),
+            skip_bad,
+            data,
+            filter_empty=split_cfg.filter_empty,
+        )
+    else:
+        transform = TestTransform(img_scale=tuple(split_cfg.img_scale))
+        dataset = CocoDetection(
+            split_cfg.ann_file, split_cfg.img_dir, transform, False, skip_bad, data
+        )
     # Found now, not at the first evaluation after hours of training.
     missing = dataset.missing_images()
     if missing:
@@ -149,7 +248,8 @@ def build_dataloader(
     """DataLoader yielding `(images uint8 [B, 3, Hp, Wp], list of target dicts)`.
 
     train: aspect-ratio grouped, shuffled batches (`GroupedBatchSampler`, sharded over
-        `num_replicas`, each sample with its own augmentation seed); call
+        `num_replicas`, each sample with its own augmentation seed, and the epoch for a
+        TrainDataset); call
         `loader.batch_sampler.set_epoch(epoch)` before every epoch (or
         `set_epoch(epoch, start)` to continue an epoch from its batch `start`).
     eval: sequential batches over this rank's contiguous shard (`eval_shard`), no padding.
@@ -163,6 +263,7 @@ def build_dataloader(
             num_replicas=num_replicas,
             rank=rank,
             with_seeds=True,
+            with_epoch=isinstance(dataset, TrainDataset),
         )
     else:
         batch_sampler = BatchSampler(

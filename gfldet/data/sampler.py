@@ -28,6 +28,10 @@ class GroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
     index comes as `(index, augmentation seed)`: the seed depends only on (seed, epoch, position
     of the sample in the epoch), so random augmentation is the same whatever the number of
     DataLoader workers and whether or not the run was resumed (see `CocoDetection.__getitem__`).
+    With `with_epoch=True` as well, it comes as `(index, augmentation seed, epoch)`: the epoch
+    reaches the dataset in every worker process (persistent workers never see attributes set
+    on the dataset in the main process), for augmentation that changes with the epoch
+    (`gfldet.data.loader.TrainDataset`: mosaic switched off for the last epochs).
 
     group_ids: `[N]` integer group of each dataset item (e.g. `CocoDetection.group_ids()`).
     """
@@ -42,6 +46,7 @@ class GroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         rank: int = 0,
         drop_last: bool = False,
         with_seeds: bool = False,
+        with_epoch: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -50,7 +55,7 @@ class GroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.group_ids = np.asarray(group_ids, dtype=np.int64).reshape(-1)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.num_replicas, self.rank, self.drop_last = num_replicas, rank, drop_last
-        self.with_seeds = with_seeds
+        self.with_seeds, self.with_epoch = with_seeds, with_seeds and with_epoch
         self.epoch, self.start = 0, 0
         self._groups = [np.flatnonzero(self.group_ids == g) for g in np.unique(self.group_ids)]
         self._num_batches = sum(self._group_len(len(g)) for g in self._groups) // (
@@ -69,7 +74,7 @@ class GroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
             raise ValueError(f"start must be in [0, {self._num_batches}], got {start}")
         self.epoch, self.start = epoch, start
 
-    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, ...]]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         batches: list[np.ndarray] = []
         for idx in self._groups:
@@ -89,10 +94,11 @@ class GroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
                 yield batches[b].tolist()
                 continue
             pos = b * self.batch_size  # position of the batch's first sample in the epoch
-            yield [
+            keys = [
                 (int(i), augmentation_seed(self.seed, self.epoch, pos + j))
                 for j, i in enumerate(batches[b])
             ]
+            yield [(*k, self.epoch) for k in keys] if self.with_epoch else keys
 
     def __len__(self) -> int:
         """Batches per rank left in this epoch (all of them unless `set_epoch` got a start)."""

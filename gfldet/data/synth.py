@@ -371,20 +371,26 @@ def _is_ours(out_dir: Path) -> bool:
         return False
 
 
+# Bounds of the generator's arguments (lowest, highest): above them a run would take hours of
+# work or more memory than a machine has (one 200000-pixel image is 480 GB as float32), so they
+# are refused before anything is written.
+LIMITS: dict[str, tuple[int, int]] = {
+    "num_train": (1, 1_000_000),
+    "num_val": (1, 1_000_000),
+    "img_size": (16, 8192),
+    "min_size": (1, 8192),
+    "max_size": (1, 8192),
+    "max_objects": (1, 1000),
+    "seed": (0, 2**63 - 1),
+}
+
+
 def check_arguments(args: dict[str, int]) -> None:
     """Raises ValueError naming the first argument out of range (by its parameter name)."""
-    limits = {
-        "num_train": 1,
-        "num_val": 1,
-        "img_size": 16,
-        "min_size": 1,
-        "max_size": 1,
-        "max_objects": 1,
-        "seed": 0,
-    }
-    for name, lo in limits.items():
-        if not isinstance(args[name], int) or args[name] < lo:
-            raise ValueError(f"{name} must be an integer >= {lo}, got {args[name]!r}")
+    for name, (lo, hi) in LIMITS.items():
+        value = args[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ValueError(f"{name} must be an integer, {lo} <= {name} <= {hi}, got {value!r}")
     if args["min_size"] > args["max_size"]:
         raise ValueError(
             f"min_size ({args['min_size']}) must not exceed max_size ({args['max_size']})"

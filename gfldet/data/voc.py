@@ -42,6 +42,7 @@ import decimal
 import logging
 import os
 import shutil
+import stat
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Sequence
@@ -57,6 +58,9 @@ log = logging.getLogger("gfldet")
 # written as its repr (17 significant digits, exponents -324..308) plus 1.
 _DEC = decimal.Context(prec=1200, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 _SKIP_HINT = "data.skip_bad_images: true leaves it out"
+# Set (as `extra={CHECK_ERROR: True}`) on a reader's warning about something that lets training
+# run but makes its result meaningless: `gfldet data check` reports it as an error.
+CHECK_ERROR = "gfldet_check_error"
 _COORDS = ("xmin", "ymin", "xmax", "ymax")
 
 
@@ -85,8 +89,14 @@ class _Skipped:
             log.warning(
                 "%s: left out %d of %d image(s) (%s) and %d bad %s(s) (data.skip_bad_images); "
                 "the first: %s",
-                source, self.count["image"], total, why, self.count[item], item, self.first,
-            )  # fmt: skip
+                source,
+                self.count["image"],
+                total,
+                why,
+                self.count[item],
+                item,
+                self.first,
+            )
         if not kept:
             raise ValueError(f"{source}: all {total} images were left out; the first: {self.first}")
 
@@ -198,8 +208,12 @@ def _parse_xml(path: str, classes: frozenset[str] | None) -> tuple[ET.Element, l
     Raises _BadImage for a missing or unparsable file.
     """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the parser forever
+            raise _BadImage(
+                f"VOC annotation file {path}: not a regular file (a FIFO, socket or device?)"
+            )
         root = ET.parse(path).getroot()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise _BadImage(f"VOC annotation file not found: {path}") from None
     except ET.ParseError as e:
         line, col = e.position
@@ -219,16 +233,36 @@ def _parse_xml(path: str, classes: frozenset[str] | None) -> tuple[ET.Element, l
     return root, objects, bad
 
 
+def check_class_names(classes: Sequence[str], source: str) -> list[str]:
+    """`classes` as a list, or a ValueError naming `source` (what gave them) and the first name
+    that is empty, not a string, or given twice (per-class results would merge two classes)."""
+    classes = list(classes)
+    first: dict[str, int] = {}
+    for i, name in enumerate(classes):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{source}: class names must be non-empty names, got {name!r}")
+        if name in first:
+            raise ValueError(
+                f"{source}: class name {name!r} is given twice (positions {first[name] + 1} and "
+                f"{i + 1})"
+            )
+        first[name] = i
+    return classes
+
+
 def _read_list(list_file: Path) -> list[tuple[int, str]]:
     """(line number, image id) of each non-blank line of a VOC ImageSets list."""
     if not list_file.is_file():
-        raise ValueError(f"VOC image list not found: {list_file}")
+        what = "is not a regular file" if list_file.exists() else "not found"
+        raise ValueError(f"VOC image list {what}: {list_file}")
     try:
         text = list_file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot read VOC image list {list_file}: {e}") from None
     ids, seen = [], {}
     for n, line in enumerate(text.splitlines(), 1):
+        if "\0" in line:
+            raise ValueError(f"{list_file}:{n}: a NUL byte in an image id: not a VOC image list")
         tokens = line.split()
         if not tokens:
             continue
@@ -280,10 +314,7 @@ def read_voc(
             f"no Annotations folder in {root} (the VOC root for {list_file}; give root=...)"
         )
     if classes is not None:
-        classes = list(classes)
-        dup = {c for c in classes if classes.count(c) > 1}
-        if dup or not all(isinstance(c, str) and c for c in classes):
-            raise ValueError(f"classes must be distinct non-empty names, got {classes}")
+        classes = check_class_names(classes, f"the classes given for {list_file}")
     class_set = frozenset(classes) if classes is not None else None
 
     entries = []  # (file_name, width, height, objects)
@@ -312,12 +343,39 @@ def read_voc(
     for img_id, (file_name, width, height, objects) in enumerate(entries, 1):
         images.append({"id": img_id, "file_name": file_name, "width": width, "height": height})
         for name, bbox, difficult in objects:
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": img_id, "category_id": cat_id[name],
-                "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": difficult,
-            })  # fmt: skip
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": img_id,
+                    "category_id": cat_id[name],
+                    "bbox": bbox,
+                    "area": bbox[2] * bbox[3],
+                    "iscrowd": difficult,
+                }
+            )
     categories = [{"id": i, "name": name} for name, i in cat_id.items()]
     return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def voc_class_names(list_file: str | Path, root: str | Path | None = None) -> set[str]:
+    """The `<name>`s of the objects of a VOC split, without checking anything else: a file that
+    cannot be read or parsed is passed over (reading the split reports it). For choosing the
+    classes before the split is read."""
+    list_file = Path(list_file)
+    root = Path(root) if root is not None else list_file.absolute().parents[2]
+    names: set[str] = set()
+    for _, image_id in _read_list(list_file):
+        path = root / "Annotations" / f"{image_id}.xml"
+        try:
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                continue
+            xml_root = ET.parse(path).getroot()
+        except (OSError, ET.ParseError):
+            continue
+        for el in xml_root.iterfind("object/name"):
+            if (el.text or "").strip():
+                names.add(el.text.strip())
+    return names
 
 
 def _exact(v: float | int) -> decimal.Decimal:
@@ -369,6 +427,60 @@ def _anns_by_image(coco: dict) -> dict:
     return anns_of
 
 
+def _listed_ids(out_root: Path, split: str) -> tuple[set[str], dict[str, Path]]:
+    """(ids in out_root's list of `split`, {id: list file} of the ids in its other lists)."""
+    own: set[str] = set()
+    others: dict[str, Path] = {}
+    main = out_root / "ImageSets" / "Main"
+    if not main.is_dir():
+        return own, others
+    for list_file in sorted(main.glob("*.txt")):
+        if not list_file.is_file():
+            continue
+        try:
+            text = list_file.read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise ValueError(f"cannot read VOC image list {list_file}: {e.strerror}") from None
+        ids = {line.split()[0] for line in text.splitlines() if line.split()}
+        if list_file.name == f"{split}.txt":
+            own = ids
+        else:
+            for i in ids:
+                others.setdefault(i, list_file)
+    return own, others
+
+
+def _check_no_replacement(
+    img_src_dir: Path, out_root: Path, split: str, ids: dict[str, str], prefix: str
+) -> None:
+    """Refuses (ValueError) to write a file of split `split` over one that another split of
+    out_root lists, or over one that no list of out_root names (not written by write_voc)."""
+    own, others = _listed_ids(out_root, split)
+    for voc_id, file_name in ids.items():
+        if voc_id in others:
+            hint = f"{split}_" if not prefix else f"{prefix}{split}_"
+            raise ValueError(
+                f"VOC image id {voc_id!r} of split {split!r} ({file_name}) is already listed in "
+                f"{others[voc_id]}: writing it would replace that split's Annotations/{voc_id}.xml "
+                f"and its image; give this split's ids a prefix (data convert --prefix {hint}) "
+                "or write it to another folder"
+            )
+        if voc_id in own:
+            continue  # written by an earlier conversion of this split: replaced
+        name = f"{prefix}{Path(file_name).name}"
+        xml, image = out_root / "Annotations" / f"{voc_id}.xml", out_root / "JPEGImages" / name
+        src = img_src_dir / file_name
+        taken = xml if xml.exists() else image if image.exists() else None
+        if taken is image and src.exists() and os.path.samefile(src, image):
+            taken = None  # the very image: nothing is replaced
+        if taken is not None:
+            raise ValueError(
+                f"{taken} exists and was not written by a conversion of split {split!r} (no "
+                f"list in {out_root / 'ImageSets' / 'Main'} names {voc_id!r}): refusing to "
+                "replace it; remove it or write to another folder"
+            )
+
+
 def write_voc(
     coco: dict,
     img_src_dir: str | Path,
@@ -376,14 +488,20 @@ def write_voc(
     split: str = "train",
     link_images: bool = True,
     source: str | Path = "COCO annotations",
+    prefix: str = "",
 ) -> Path:
     """Writes a COCO dict as a VOC split; returns the list file's path.
 
-    Writes `out_root/Annotations/<stem>.xml`, `out_root/ImageSets/Main/<split>.txt` (the stems,
-    in image order) and `out_root/JPEGImages/<file name>` (a hard link, or a copy when
+    Writes `out_root/Annotations/<id>.xml`, `out_root/ImageSets/Main/<split>.txt` (the ids, in
+    image order) and `out_root/JPEGImages/<prefix><file name>` (a hard link, or a copy when
     `link_images` is False or linking fails, of `img_src_dir/<file_name>`; images in sub-folders
-    are flattened). The image's stem is its VOC id, so two images with the same stem, or a stem
-    with whitespace, are errors. Existing files of the same names are replaced.
+    are flattened). An image's VOC id is `prefix` + the stem of its file name, so two images
+    with the same stem, or a stem with whitespace, are errors.
+
+    Nothing is replaced but the files of an earlier conversion of the same split (the ids its
+    list names): an id that another list of out_root names (a second split whose images are
+    named as the first's: give it a `prefix`, e.g. "val_"), or an XML or image of the same name
+    that no list names, is a ValueError before anything is written.
 
     Categories: `<name>` is the category name (names must be distinct). `iscrowd: 1` becomes
     `<difficult>1</difficult>`. Boxes are converted with the inverse of read_voc's formulas
@@ -397,32 +515,40 @@ def write_voc(
     """
     check_coco(coco, source)
     img_src_dir, out_root = Path(img_src_dir), Path(out_root)
-    names = {c["id"]: str(c["name"]) for c in coco["categories"]}
-    if len(set(names.values())) != len(names):
-        raise ValueError(f"category names must be distinct for VOC, got {sorted(names.values())}")
+    names = {c["id"]: str(c["name"]) for c in coco["categories"]}  # distinct: check_coco
     anns_of = _anns_by_image(coco)
 
+    if prefix and (
+        len(prefix.split()) != 1
+        or prefix != prefix.strip()
+        or "/" in prefix
+        or os.sep in prefix
+        or prefix in (".", "..")
+    ):
+        raise ValueError(f"VOC id prefix {prefix!r}: no spaces or path separators allowed")
     stems: dict[str, str] = {}
     for im in coco["images"]:
         fn = Path(im["file_name"])
-        if fn.stem in stems:
+        voc_id = prefix + fn.stem
+        if voc_id in stems:
             raise ValueError(
-                f"images {stems[fn.stem]!r} and {im['file_name']!r} would both be VOC image "
-                f"{fn.stem!r}: rename one"
+                f"images {stems[voc_id]!r} and {im['file_name']!r} would both be VOC image "
+                f"{voc_id!r}: rename one"
             )
         if not fn.stem or len(fn.stem.split()) != 1 or fn.stem != fn.stem.strip():
             raise ValueError(f"image {im['file_name']!r}: a VOC image id cannot contain spaces")
-        stems[fn.stem] = im["file_name"]
+        stems[voc_id] = im["file_name"]
+    _check_no_replacement(img_src_dir, out_root, split, stems, prefix)
 
     (out_root / "Annotations").mkdir(parents=True, exist_ok=True)
     (out_root / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
     too_small, first = 0, None
     for im in coco["images"]:
         fn = Path(im["file_name"])
-        _place_image(img_src_dir / fn, out_root / "JPEGImages" / fn.name, link_images)
+        _place_image(img_src_dir / fn, out_root / "JPEGImages" / f"{prefix}{fn.name}", link_images)
         ann = ET.Element("annotation")
         ET.SubElement(ann, "folder").text = out_root.name
-        ET.SubElement(ann, "filename").text = fn.name
+        ET.SubElement(ann, "filename").text = f"{prefix}{fn.name}"
         size = ET.SubElement(ann, "size")
         for key, value in (("width", im["width"]), ("height", im["height"]), ("depth", 3)):
             ET.SubElement(size, key).text = str(int(value))
@@ -444,12 +570,15 @@ def write_voc(
             for key, value in zip(_COORDS, corners):
                 ET.SubElement(box, key).text = _fmt(value)
         ET.indent(ann)
-        ET.ElementTree(ann).write(out_root / "Annotations" / f"{fn.stem}.xml", encoding="utf-8")
+        xml = out_root / "Annotations" / f"{prefix}{fn.stem}.xml"
+        ET.ElementTree(ann).write(xml, encoding="utf-8")
     if too_small:
         log.warning(
             "write_voc: left out %d box(es) narrower or lower than 1 pixel, which VOC's "
-            "inclusive pixel coordinates cannot hold; the first: %s", too_small, first,
-        )  # fmt: skip
+            "inclusive pixel coordinates cannot hold; the first: %s",
+            too_small,
+            first,
+        )
     list_file = out_root / "ImageSets" / "Main" / f"{split}.txt"
     with atomic_open(list_file, encoding="utf-8") as f:
         f.write("".join(f"{stem}\n" for stem in stems))

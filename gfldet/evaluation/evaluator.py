@@ -4,9 +4,12 @@ COCO results scored by pycocotools, and the metrics, tables and plots."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import logging
 import math
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,14 +20,18 @@ import torch
 from tqdm import tqdm
 
 from ..core import dist as gdist
+from ..core.draw import DRAW_SCORE_THR
 from ..core.files import atomic_open, write_json_atomic
 from ..core.records import detections_to_coco
+from .confusion import CONFUSION_IOU, confusion_matrix, confusion_summary, write_confusion_csv
 
 log = logging.getLogger("gfldet")
 
 # Order of COCOeval.stats (the 12 standard summary lines).
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 PR_GROUP = 10  # classes per precision-recall plot
+MANIFEST = "eval_manifest.json"  # the files an evaluation wrote into its out_dir
+_PR_CURVES = re.compile(r"pr_curves_\d+\.png")
 
 
 @torch.inference_mode()
@@ -187,6 +194,7 @@ def coco_evaluate(
     out_dir: str | Path | None,
     img_ids: list[int] | None = None,
     plots: bool = True,
+    confusion_score_thr: float = DRAW_SCORE_THR,
 ) -> dict:
     """Evaluate COCO bbox results with pycocotools and return a metrics dict.
 
@@ -194,18 +202,22 @@ def coco_evaluate(
     NaN where undefined, e.g. no gt of that size); ``per_class`` {name: {AP, AP50, recall,
     num_gt, num_det}} (recall: share of the gts found at IoU >= 0.5 with up to 100 detections
     per image; AP and recall NaN for classes without gt); ``quality`` {pearson, spearman,
-    num_matched, reliability} (see quality_calibration; NaN without matched detections).
-    Prints the standard summary and a per-class table. With ``out_dir``, writes
-    ``detections.json``, ``metrics.json``, ``per_class.csv`` and, with ``plots``,
-    ``calibration.png`` (reliability of scores) and ``pr_curves_<g>.png`` (precision-recall
-    per group of up to 10 classes).
+    num_matched, reliability} (see quality_calibration; NaN without matched detections);
+    ``confusion`` {iou_thr, score_thr, rows, columns, classes[, matrix]} (the detection
+    confusion matrix at IoU 0.5 of the detections scoring >= ``confusion_score_thr``, the
+    drawing threshold by default; see evaluation.confusion; the matrix itself only for up to
+    30 classes). Prints the standard summary, a per-class table and a confusion summary. With
+    ``out_dir``, writes ``detections.json``, ``metrics.json``, ``per_class.csv``,
+    ``confusion_matrix.csv`` and, with ``plots``, ``confusion_matrix.png``,
+    ``calibration.png`` (reliability of scores) and ``pr_curves_<g>.png`` (precision-recall per
+    group of up to 10 classes), and lists them in ``eval_manifest.json`` (see _write_outputs).
     """
     from pycocotools.cocoeval import COCOeval
 
     if img_ids is not None:
         keep = set(img_ids)
         results = [r for r in results if r["image_id"] in keep]
-    if out_dir is not None:
+    if out_dir is not None:  # first: the predictions are kept even if the scoring fails
         write_json_atomic(results, Path(out_dir) / "detections.json")
 
     num_gt = {cid: _count_gt(coco_gt, cid, img_ids) for cid in cat_ids}
@@ -259,25 +271,92 @@ def coco_evaluate(
         matched = matched_score_iou(ev)
     metrics["quality"] = quality_calibration(*matched)
 
+    conf = confusion_matrix(coco_gt, results, cat_ids, img_ids, score_thr=confusion_score_thr)
+    metrics["confusion"] = confusion_summary(conf, class_names, confusion_score_thr, CONFUSION_IOU)
+
     print(_per_class_table(metrics["per_class"]))
     q = metrics["quality"]
     print(f"score-IoU correlation of {q['num_matched']} matched detections: "
           f"Pearson {q['pearson']:.3f}, Spearman {q['spearman']:.3f}")  # fmt: skip
+    print(_confusion_line(conf, confusion_score_thr))
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        write_json_atomic(metrics, out_dir / "metrics.json", indent=2)
-        write_per_class_csv(metrics["per_class"], out_dir / "per_class.csv")
-        if plots:
-            from .plots import plot_pr_curves, plot_reliability
-
-            plot_reliability(*matched, metrics["quality"], out_dir / "calibration.png")
-            for old in out_dir.glob("pr_curves_*.png"):  # a previous run's groups
-                old.unlink()
-            names = list(pr_curves)
-            for g in range(0, len(names), PR_GROUP):
-                group = {n: pr_curves[n] for n in names[g : g + PR_GROUP]}
-                plot_pr_curves(rec_thrs, group, out_dir / f"pr_curves_{g // PR_GROUP + 1}.png")
+        _write_outputs(
+            Path(out_dir), metrics, conf, class_names, pr_curves, rec_thrs, matched, plots
+        )
     return metrics
+
+
+def _confusion_line(conf: np.ndarray, score_thr: float) -> str:
+    n = len(conf) - 1
+    tp = int(np.trace(conf[:n, :n]))
+    confused = int(conf[:n, :n].sum()) - tp
+    return (
+        f"confusion at IoU {CONFUSION_IOU:g}, score >= {score_thr:g}: {tp} right, {confused} "
+        f"of another class, {int(conf[:n, n].sum())} missed, {int(conf[n, :n].sum())} false "
+        "positives"
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _earlier_outputs(out_dir: Path) -> dict[str, str]:
+    """{file name: sha256} of what an earlier evaluation wrote into out_dir, from its manifest
+    ({} when there is none or it is not one gfldet wrote)."""
+    try:
+        files = json.loads((out_dir / MANIFEST).read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return files if isinstance(files, dict) else {}
+
+
+def _write_outputs(
+    out_dir: Path,
+    metrics: dict,
+    conf: np.ndarray,
+    class_names: list[str],
+    pr_curves: dict[str, np.ndarray],
+    rec_thrs: np.ndarray,
+    matched: tuple[np.ndarray, np.ndarray],
+    plots: bool,
+) -> None:
+    """Writes the evaluation's files into out_dir (detections.json is already there) and lists
+    them with their sha256 in eval_manifest.json. The number of pr_curves_<g>.png files
+    follows the number of classes, so an earlier evaluation's extra groups are removed, but
+    only files its manifest lists that still hold what it wrote: other files are never touched.
+    """
+    from .plots import plot_confusion_matrix, plot_pr_curves, plot_reliability
+
+    earlier = _earlier_outputs(out_dir)
+    written = [out_dir / "detections.json", out_dir / "metrics.json", out_dir / "per_class.csv"]
+    write_json_atomic(metrics, written[1], indent=2)
+    write_per_class_csv(metrics["per_class"], written[2])
+    written.append(write_confusion_csv(conf, class_names, out_dir / "confusion_matrix.csv"))
+    if plots:
+        score_thr, iou_thr = metrics["confusion"]["score_thr"], metrics["confusion"]["iou_thr"]
+        path = out_dir / "confusion_matrix.png"
+        written.append(plot_confusion_matrix(conf, class_names, score_thr, iou_thr, path))
+        written.append(plot_reliability(*matched, metrics["quality"], out_dir / "calibration.png"))
+        names = list(pr_curves)
+        for g in range(0, len(names), PR_GROUP):
+            group = {n: pr_curves[n] for n in names[g : g + PR_GROUP]}
+            path = out_dir / f"pr_curves_{g // PR_GROUP + 1}.png"
+            written.append(plot_pr_curves(rec_thrs, group, path))
+    manifest = {p.name: _sha256(p) for p in written}
+    record = {"written_by": "gfldet evaluation", "files": manifest}
+    write_json_atomic(record, out_dir / MANIFEST, indent=2)
+    for name, digest in earlier.items():
+        old = out_dir / name
+        # Only plain pr_curves names: a manifest never points outside out_dir.
+        if name in manifest or not _PR_CURVES.fullmatch(str(name)) or not old.is_file():
+            continue
+        if _sha256(old) == digest:  # still the file the earlier evaluation wrote
+            old.unlink()
 
 
 def format_metrics(metrics: dict) -> str:

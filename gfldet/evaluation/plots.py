@@ -68,3 +68,44 @@ def plot_pr_curves(recall: np.ndarray, curves: dict[str, np.ndarray], path: str 
         ax.legend(loc="lower left", fontsize=7)
     axes[0].set_ylabel("precision")
     return save_png(fig, path)
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray, class_names: list[str], score_thr: float, iou_thr: float, path: str | Path
+) -> Path:
+    """The detection confusion matrix (evaluation.confusion) as a heat map: rows the true class,
+    columns the predicted one, background last; each row colored by its share of the row's
+    total (where that true class's boxes went), with the counts written in the cells when
+    there are at most 30 classes. Writes a PNG."""
+    names = [*class_names, "background"]
+    n = len(names)
+    counts = np.asarray(matrix, dtype=np.float64)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    shares[-1, -1] = np.nan  # background-background is not defined
+    side = max(4.5, (0.32 if n <= 31 else 0.18) * n + 2.5)  # inches; numbers need room
+    fig = new_figure(side + 1.2, side)
+    ax = fig.add_subplot()
+    im = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="share of the row")
+    fontsize = 8 if n <= 15 else 6
+    ax.set_xticks(range(n), names, rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(n), names, fontsize=fontsize)
+    ax.set(xlabel="prediction", ylabel="ground truth")
+    ax.set_title(f"confusion at IoU {iou_thr:g}, score >= {score_thr:g}", fontsize=10)
+    if n <= 31:
+        for t in range(n):
+            for p in range(n):
+                if (t, p) == (n - 1, n - 1) or not counts[t, p]:
+                    continue
+                dark = shares[t, p] > 0.5
+                color = "white" if dark else "black"
+                ax.text(
+                    p,
+                    t,
+                    str(int(counts[t, p])),
+                    ha="center",
+                    va="center",
+                    fontsize=fontsize,
+                    color=color,
+                )
+    return save_png(fig, path)

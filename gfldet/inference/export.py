@@ -21,15 +21,20 @@ original image. The graph has a fixed input size (the pyramid's location grid is
 from __future__ import annotations
 
 import io
+import os
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..core.files import atomic_open, make_output_dir
 from ..model.box_ops import distance2bbox, grid_points
 from ..model.detector import GFL
+from .predictor import load_trained_model
 
 INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
 
@@ -58,8 +63,9 @@ class DecodedGFL(nn.Module):
         x = m.preprocess(images, None)
         cls, reg, quality = m.head(m.features(x))
         if self.nms:
-            det = m.postprocess(cls, reg, self.points, self.strides, self.sizes, self.img_size,
-                                None, quality)[0]  # fmt: skip
+            det = m.postprocess(
+                cls, reg, self.points, self.strides, self.sizes, self.img_size, None, quality
+            )[0]
             return det["boxes"], det["scores"], det["labels"]
         scores = m.head.quality.scores(cls, quality)
         dist = m.decode(reg) * self.strides[:, None]
@@ -85,7 +91,8 @@ def export_onnx(
     nms: bool = False,
     opset: int = 17,
 ) -> Path:
-    """Writes model (eval mode, CPU) to an ONNX file; returns its path.
+    """Writes model (eval mode, CPU) to an ONNX file, atomically (core.files.atomic_open);
+    returns its path.
 
     img_size: (H, W) of the network input. See the module docstring for inputs and outputs.
     """
@@ -106,16 +113,23 @@ def export_onnx(
         # needs onnxscript); its deprecation notice and tracer remarks are not the user's concern.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            wrapper, (dummy,), buf, input_names=["images"], output_names=outputs,
-            opset_version=opset, dynamo=False,
-        )  # fmt: skip
+            wrapper,
+            (dummy,),
+            buf,
+            input_names=["images"],
+            output_names=outputs,
+            opset_version=opset,
+            dynamo=False,
+        )
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(buf.getvalue())
+    # Through a temp file in the same folder, renamed over `out` once complete: a failed write
+    # leaves any earlier file whole, and a link at `out` is replaced, never written through.
+    with atomic_open(out, "wb") as f:
+        f.write(buf.getvalue())
     return out
 
 
-def default_img_size(cfg: dict) -> tuple[int, int]:
+def default_img_size(cfg: Any) -> tuple[int, int]:
     """(H, W) for the config's test scale, landscape, padded to size_divisor: e.g. 800 x 1344."""
     d = cfg.data
     div = d.size_divisor
@@ -123,8 +137,14 @@ def default_img_size(cfg: dict) -> tuple[int, int]:
     return -(-short // div) * div, -(-long // div) * div
 
 
-def check_onnx(path: str | Path, model: GFL, img_size: tuple[int, int], nms: bool = False,
-               input_dtype: str = "uint8", seed: int = 0) -> dict[str, float]:  # fmt: skip
+def check_onnx(
+    path: str | Path,
+    model: GFL,
+    img_size: tuple[int, int],
+    nms: bool = False,
+    input_dtype: str = "uint8",
+    seed: int = 0,
+) -> dict[str, float]:
     """Runs the ONNX file with onnxruntime and the PyTorch model on the same random image.
 
     Returns the largest difference per output name, |onnx - torch| / max(1, |torch|): absolute
@@ -154,3 +174,88 @@ def check_onnx(path: str | Path, model: GFL, img_size: tuple[int, int], nms: boo
         err = abs(a.astype("float64") - b) / np.maximum(1.0, abs(b.astype("float64")))
         diffs[out.name] = float(err.max()) if a.size else 0.0
     return diffs
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether writing `a` would write `b`: the same real path, or one file through links."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing: not the same file
+        return False
+
+
+def check_export_out(out: Path, inputs: Sequence[str | Path]) -> None:
+    """Refuses an --out that is not a new or replaceable .onnx file: a folder, a name without
+    the .onnx extension (a config, a _base_ of it or a checkpoint is never one), or any of
+    `inputs` (compared by real path and by file identity, so links count)."""
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder: name the .onnx file to write")
+    for inp in inputs:
+        if _same_file(out, Path(inp)):
+            raise ValueError(
+                f"--out {out} is the input {inp}: refusing to write over it; name a new .onnx file"
+            )
+    if out.suffix.lower() != ".onnx":
+        raise ValueError(
+            f"--out {out}: name a .onnx file (the extension ONNX runtimes expect); a config or "
+            "checkpoint is never written over"
+        )
+
+
+def export_checkpoint(
+    cfg: Any,
+    checkpoint: str | Path,
+    out: str | Path,
+    img_size: tuple[int, int] | None = None,
+    input_dtype: str = "uint8",
+    nms: bool = False,
+    opset: int = 17,
+    inputs: Sequence[str | Path] = (),
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """`gfldet export`: the checkpoint's model (cfg's architecture) as an ONNX file at `out`,
+    then checked against PyTorch with onnxruntime when it is installed.
+
+    img_size: (H, W), multiples of data.size_divisor (default: default_img_size(cfg)).
+    inputs: the other files the export reads (the config and its _base_ files): `out` may be
+    none of them, nor the checkpoint (check_export_out). Every option is checked before the
+    model is loaded; the file is written atomically. echo receives the summary lines.
+
+    Returns {"out": Path, "img_size": (H, W), "diffs": check_onnx's result, or None when
+    onnxruntime is missing}.
+    """
+    lo, hi = onnx_opset_range()
+    if not lo <= opset <= hi:
+        raise ValueError(
+            f"--opset {opset}: torch {torch.__version__} exports ONNX opsets {lo} to {hi}"
+        )
+    out = Path(out)
+    check_export_out(out, [checkpoint, *inputs])
+    size = tuple(img_size) if img_size else default_img_size(cfg)
+    div = cfg.data.size_divisor
+    if len(size) != 2 or any(v <= 0 or v % div for v in size):
+        raise ValueError(
+            f"--img-size {' '.join(map(str, size))}: height and width must be positive "
+            f"multiples of data.size_divisor ({div}), the padding the model was trained with"
+        )
+    make_output_dir(out.parent, "--out")
+    model, _ = load_trained_model(cfg, checkpoint, torch.device("cpu"))
+    out = export_onnx(model, out, size, input_dtype, nms, opset)
+    kind = "boxes, scores, labels after NMS" if nms else "boxes [1, A, 4], scores [1, A, C]"
+    echo(
+        f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): input images [1, 3, "
+        f"{size[0]}, {size[1]}] {input_dtype} RGB; outputs {kind}"
+    )
+    try:
+        diffs = check_onnx(out, model, size, nms, input_dtype)
+    except ImportError as e:
+        echo(f"not checked: {e}")
+        diffs = None
+    else:
+        echo(
+            "onnxruntime vs PyTorch, max |difference|: "
+            + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+        )
+    return {"out": out, "img_size": size, "diffs": diffs}

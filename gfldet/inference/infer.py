@@ -8,15 +8,16 @@ import logging
 import sys
 from pathlib import Path
 
-import cv2
 from tqdm import tqdm
 
-from ..core.draw import draw_detections
+from ..core.draw import DRAW_SCORE_THR, draw_detections, write_jpeg
 from ..core.records import prediction_record, write_predictions_json
 from ..data.coco import IMAGE_EXTENSIONS, BadImageError, load_image
 from .predictor import Predictor
 
 log = logging.getLogger("gfldet")
+
+JPEG_QUALITY = 95  # of the drawn copies (OpenCV's default)
 
 
 def _is_image(path: Path) -> bool:
@@ -26,14 +27,25 @@ def _is_image(path: Path) -> bool:
 def _images_at(path: Path, exclude: Path | None) -> list[Path]:
     if path.is_dir():
         found = (p for p in path.rglob("*") if _is_image(p))
-        return sorted(p for p in found if exclude is None or not _is_within(p, exclude))
+        return sorted(p for p in found if exclude is None or not is_within(p, exclude))
     return [path] if _is_image(path) else []
 
 
-def _is_within(path: Path, folder: Path) -> bool:
+def is_within(path: Path, folder: Path) -> bool:
     """Whether `path` is `folder` or lies below it (after resolving links and '..')."""
     path, folder = path.resolve(), folder.resolve()
     return path == folder or folder in path.parents
+
+
+def input_in_out_dir_error(inp: str, out_dir: Path) -> ValueError:
+    """The error for an input named on the command line that lies in the output folder."""
+    path = Path(inp)
+    parent = path if path.is_dir() else path.parent
+    return ValueError(
+        f"--out-dir {out_dir} holds the input {inp}: annotated copies would overwrite "
+        "the inputs or be read back as inputs next time; choose an --out-dir outside "
+        f"the inputs (e.g. {parent}/predicted)"
+    )
 
 
 def expand_inputs(inputs: list[str], exclude: Path | None = None) -> list[Path]:
@@ -51,18 +63,14 @@ def expand_inputs(inputs: list[str], exclude: Path | None = None) -> list[Path]:
     for inp in inputs:
         path = Path(inp)
         if path.exists():
-            if exclude is not None and _is_within(path, exclude):
-                raise ValueError(
-                    f"--out-dir {exclude} holds the input {inp}: drawn images would overwrite "
-                    "the inputs or be read back as inputs next time; choose an --out-dir outside "
-                    f"the inputs (e.g. {path if path.is_dir() else path.parent}/predicted)"
-                )
+            if exclude is not None and is_within(path, exclude):
+                raise input_in_out_dir_error(inp, exclude)
             matches = _images_at(path, exclude)
         else:
             hits = sorted(glob.glob(inp, recursive=True))
             matches = [m for hit in hits for m in _images_at(Path(hit), exclude)]
             if exclude is not None:
-                matches = [m for m in matches if not _is_within(m, exclude)]
+                matches = [m for m in matches if not is_within(m, exclude)]
         if not matches:
             unmatched.append(inp)
         for m in matches:
@@ -75,25 +83,43 @@ def expand_inputs(inputs: list[str], exclude: Path | None = None) -> list[Path]:
     return found
 
 
+def image_output_names(files: list[Path]) -> list[str]:
+    """The file name each image's drawn copy gets in the output folder: ``<stem>.jpg``, with
+    ``_`` appended to the stem while another input already took the name."""
+    names, used = [], set()
+    for path in files:
+        name = path.stem
+        while name in used:  # same file name in two folders
+            name += "_"
+        used.add(name)
+        names.append(f"{name}.jpg")
+    return names
+
+
 def infer_images(
     predictor: Predictor,
     files: list[Path],
     out_dir: Path,
-    score_thr: float = 0.3,
+    score_thr: float = DRAW_SCORE_THR,
     show_uncertainty: bool = False,
     skip_bad: bool = False,
 ) -> dict:
-    """Detects objects in `files`, writes OUT_DIR/<stem>.jpg (boxes drawn) for each and
-    OUT_DIR/predictions.json (a record per image, see records.prediction_record).
+    """Detects objects in `files`, writes OUT_DIR/<stem>.jpg (boxes drawn; names as
+    image_output_names gives them) for each and OUT_DIR/predictions.json (a record per image,
+    see records.prediction_record). Each file is written whole under a temporary name, then
+    renamed: a file or link already there is replaced, never written into.
 
     predictions.json is always written for the images processed, also when an unreadable image
     stops the run (skip_bad False: the BadImageError is re-raised afterwards) or Ctrl-C does;
     with skip_bad, unreadable images are skipped with a warning and counted.
     Returns {"images", "skipped", "detections"}.
     """
-    records, used, skipped = [], set(), 0
+    records, skipped = [], 0
+    names = image_output_names(files)
     try:
-        for path in tqdm(files, desc="infer", file=sys.stdout, dynamic_ncols=True):
+        for path, name in zip(
+            tqdm(files, desc="infer", file=sys.stdout, dynamic_ncols=True), names, strict=True
+        ):
             try:
                 rgb = load_image(path)
             except BadImageError as e:
@@ -104,20 +130,21 @@ def infer_images(
                 continue
             det = predictor([rgb])[0]
             records.append(
-                prediction_record(path, rgb.shape, det, predictor.cat_ids,
-                                  predictor.class_names, score_thr)
-            )  # fmt: skip
+                prediction_record(
+                    path, rgb.shape, det, predictor.cat_ids, predictor.class_names, score_thr
+                )
+            )
+            edge_std = det.get("edge_std") if show_uncertainty else None
             drawn = draw_detections(
-                rgb[:, :, ::-1], det["boxes"], det["scores"], det["labels"],
-                predictor.class_names, score_thr,
-                edge_std=det.get("edge_std") if show_uncertainty else None,
-            )  # fmt: skip
-            name = path.stem
-            while name in used:  # same file name in two folders
-                name += "_"
-            used.add(name)
-            if not cv2.imwrite(str(out_dir / f"{name}.jpg"), drawn):
-                raise OSError(f"could not write {out_dir / f'{name}.jpg'}")
+                rgb[:, :, ::-1],
+                det["boxes"],
+                det["scores"],
+                det["labels"],
+                predictor.class_names,
+                score_thr,
+                edge_std=edge_std,
+            )
+            write_jpeg(drawn, out_dir / name, quality=JPEG_QUALITY)
     finally:
         write_predictions_json(records, out_dir / "predictions.json")
     n = sum(len(r["detections"]) for r in records)

@@ -24,14 +24,23 @@ COCO they are the same (80 classes, ids 1..90).
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from ..core.checkpoint import load_model_weights, save_checkpoint
 from ..core.files import torch_load_safely
+from ..core.runtime import set_num_classes
+from ..model.build import build_model
+
+if TYPE_CHECKING:
+    from ..model.options import ModelOptions
+
+ARCH_KEYS = ("backbone", "neck", "head")  # the parts of a converted checkpoint's meta to print
 
 # COCO 2017 detection categories in id order: MMDetection's CocoDataset.CLASSES and the
 # "categories" of instances_{train,val}2017.json.
@@ -264,3 +273,50 @@ def convert_mmdet(src: str | Path, ann_file: str | Path | None = None) -> dict[s
     """Reads an MMDetection v2 GFL checkpoint file and returns a gfldet checkpoint dict."""
     state, meta = load_mmdet_checkpoint(src)
     return convert_state(state, meta, ann_file, str(src))
+
+
+def convert_mmdet_file(
+    src: str | Path,
+    dst: str | Path,
+    ann_file: str | Path | None = None,
+    model: ModelOptions | None = None,
+    model_source: str | Path | None = None,
+) -> str:
+    """`gfldet convert-mmdet`: converts the MMDetection GFL checkpoint `src` (see
+    convert_mmdet; `ann_file` gives its class order) and writes the gfldet checkpoint `dst`,
+    atomically. With `model` (a config's model section, from the file `model_source`), the
+    result must first load strictly into that model: the same names, shapes and bin width.
+
+    Returns what to print: a summary of the checkpoint (tensors, classes, architecture) and
+    what was checked and written. Raises ValueError (one line) when `dst` is one of the inputs,
+    when the checkpoint does not fit `model`, or on the errors of convert_mmdet; OSError when
+    `dst` cannot be written. Nothing is written before every check passed.
+    """
+    inputs = {"INPUT": src, "--ann-file": ann_file, "--config": model_source}
+    for option, path in inputs.items():
+        if path is not None and Path(dst).resolve() == Path(path).resolve():
+            raise ValueError(f"OUTPUT {dst} is the {option} file {path}: refusing to overwrite it")
+    state = convert_mmdet(src, ann_file)
+    meta, classes = state["meta"], state["classes"]
+    arch = ", ".join(f"{k} {v}" for k, v in meta.items() if k.split(".")[0] in ARCH_KEYS)
+    lines = [
+        f"{src}: {len(state['model'])} tensors, {len(classes)} classes "
+        f"({', '.join(classes[:3])}, ...); {arch}, bin width {meta['bin_width']}"
+    ]
+    if model is not None:
+        model = copy.deepcopy(model)
+        model.backbone.pretrained = None  # every weight comes from the checkpoint
+        set_num_classes(model, classes, str(src))
+        if model.head.bin_width != meta["bin_width"]:
+            raise ValueError(
+                f"{src} has bins of width {meta['bin_width']} but {model_source} sets "
+                f"model.head.bin_width {model.head.bin_width}"
+            )
+        load_model_weights(build_model(model), state, dst)  # strict: names and shapes
+        lines.append(f"loads into {model_source} with no missing or unexpected keys")
+    try:
+        save_checkpoint(state, dst)
+    except OSError as e:
+        raise OSError(e.errno, f"OUTPUT {dst}: cannot write it: {e.strerror}") from None
+    lines.append(f"wrote {dst}")
+    return "\n".join(lines)

@@ -3,18 +3,23 @@
 Every backbone meets gfldet.model.interfaces.Backbone: it returns C3, C4, C5 (strides 8, 16,
 32), says their `out_channels` and `strides`, and lists its conv-BatchNorm pairs for folding.
 Parameter names are torchvision's, so torchvision's ImageNet weights load as they are
-(`load_backbone_weights`: a weights name such as 'ResNet50_Weights.IMAGENET1K_V1', or a file).
+(`load_backbone_weights`: a weights name such as 'ResNet50_Weights.IMAGENET1K_V1', read from
+torch's hub cache or downloaded into it, or a file).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
+import torch.hub
 from torch import Tensor, nn
-from torchvision.models import get_model, get_weight
+from torchvision.models import WeightsEnum, get_model, get_weight
 from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from ..core.files import torch_load_safely
 
 log = logging.getLogger(__name__)
 
@@ -232,36 +237,76 @@ def _classifier_keys(backbone: nn.Module) -> tuple[str, ...]:
     return tuple(getattr(backbone, "classifier_keys", ()))
 
 
+def hub_cache_file(weights: WeightsEnum) -> Path:
+    """Where torchvision keeps (and looks for) the file of a weights enum: torch's hub folder
+    ($TORCH_HOME/hub, by default ~/.cache/torch/hub), checkpoints/, the file name of its url."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+
+
+def _torchvision_state(pretrained: str) -> dict:
+    """The state dict of a torchvision weights name, from torch's hub cache; downloaded into it
+    (hash checked) when absent. Read with the same safe loader as checkpoints."""
+    try:
+        weights = get_weight(pretrained)
+    except (ValueError, KeyError, AttributeError):
+        raise FileNotFoundError(
+            f"model.backbone.pretrained: '{pretrained}' is neither a file nor a "
+            "torchvision weights name such as 'ResNet50_Weights.IMAGENET1K_V1'"
+        ) from None
+    cached = hub_cache_file(weights)
+    if not cached.is_file():
+        found = torch.hub.HASH_REGEX.search(cached.name)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            # Written to a temporary file, checked against the hash in its name, then moved.
+            torch.hub.download_url_to_file(
+                weights.url, str(cached), found.group(1) if found else None, progress=True
+            )
+        except (OSError, RuntimeError) as e:  # offline, refused, or a corrupt download
+            reason = " ".join(str(e).split())[:200]
+            raise FileNotFoundError(
+                f"model.backbone.pretrained: cannot download '{pretrained}' ({reason}): put "
+                f"the file {weights.url} at {cached} (the folder follows TORCH_HOME), or give "
+                "a local weight file, or set model.backbone.pretrained=null to train from "
+                "scratch"
+            ) from None
+    return _read_state(cached, pretrained)
+
+
+def _read_state(path: Path, pretrained: str) -> dict:
+    """A state dict (names -> tensors) from a weight file, refusing anything that could run
+    code; a checkpoint's "state_dict" or "model" entry is taken."""
+    try:
+        state = torch_load_safely(path)
+    except ValueError as e:
+        raise ValueError(f"model.backbone.pretrained: {e}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError(
+            f"model.backbone.pretrained: {pretrained} holds no state dict (a mapping of "
+            "parameter names to tensors)"
+        )
+    return state
+
+
 def load_backbone_weights(backbone: nn.Module, pretrained: str) -> None:
     """Loads a local weight file or a torchvision weights name (e.g.
     'ResNet50_Weights.IMAGENET1K_V1') into `backbone`, strictly for its own parameters.
 
-    A name is resolved through torchvision, which uses its hub cache and downloads only when the
-    file is not cached. The classifier's entries (the backbone's `classifier_keys` prefixes) are
-    dropped; any other missing or unexpected entry, or a shape mismatch, is an error naming
-    keys and shapes.
+    A name is resolved through torch's hub cache, and downloaded only when the file is not
+    there; offline, the error says where to put the file. Files are read with
+    gfldet.core.files.torch_load_safely (tensors and plain values only). The classifier's
+    entries (the backbone's `classifier_keys` prefixes) are dropped; any other missing or
+    unexpected entry, or a shape mismatch, is an error naming keys and shapes.
     """
     if Path(pretrained).is_file():
-        state = torch.load(pretrained, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "model"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
+        state = _read_state(Path(pretrained), pretrained)
     else:
-        try:
-            weights = get_weight(pretrained)
-        except (ValueError, KeyError, AttributeError):
-            raise FileNotFoundError(
-                f"model.backbone.pretrained: '{pretrained}' is neither a file nor a "
-                "torchvision weights name such as 'ResNet50_Weights.IMAGENET1K_V1'"
-            ) from None
-        try:
-            state = weights.get_state_dict(progress=True)
-        except OSError as e:  # no network and not in torchvision's cache
-            raise FileNotFoundError(
-                f"model.backbone.pretrained: could not get '{pretrained}' ({e}); download "
-                "it once where there is internet (it is cached in ~/.cache/torch/hub/"
-                "checkpoints) or give a local weight file"
-            ) from None
+        state = _torchvision_state(pretrained)
     own = backbone.state_dict()
     state = {k: v for k, v in state.items() if not k.startswith(_classifier_keys(backbone))}
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]

@@ -20,8 +20,7 @@ from .box_ops import (
     grid_valid_mask,
     square_anchors,
 )
-from .head import GFLHead
-from .interfaces import Backbone, Neck, check_parts
+from .interfaces import Backbone, Head, Neck, check_parts
 from .losses import classification_loss, giou_loss
 from .options import CLS_LOSS_SOFT_TARGETS, AssignerOptions, LossOptions, TestOptions
 
@@ -61,7 +60,7 @@ class GFL(nn.Module):
         self,
         backbone: Backbone,
         neck: Neck,
-        head: GFLHead,
+        head: Head,
         loss: LossOptions | None = None,
         assigner: AssignerOptions | None = None,
         test: TestOptions | None = None,
@@ -207,15 +206,20 @@ class GFL(nn.Module):
 
         out: dict[str, Tensor] = {}
         scores = torch.zeros((b, a), dtype=cls.dtype, device=cls.device)  # soft targets
-        scores[pb, pa] = iou if q_repr.soft_targets else torch.ones_like(iou)
+        scores[pb, pa] = q_repr.cls_target(iou, q)
         # GFLv2 learns the joint probability sigmoid(cls) x I, the others the class logits.
-        joint = q_repr.scores(cls, quality) if q_repr.from_distributions else cls
+        joint = q_repr.cls_loss_input(cls, quality)
+        guided_pos, guided_q = q_repr.cls_loss_guidance(pb * a + pa, q)
         name, loss_cls = classification_loss(
-            joint.reshape(-1, c), labels.reshape(-1), scores.reshape(-1),
-            valid.reshape(-1).to(cls.dtype), lo,
-            pb * a + pa if q_repr.guided else None, q if q_repr.guided else None,
-            q_repr.from_distributions,
-        )  # fmt: skip
+            joint.reshape(-1, c),
+            labels.reshape(-1),
+            scores.reshape(-1),
+            valid.reshape(-1).to(cls.dtype),
+            lo,
+            guided_pos,
+            guided_q,
+            q_repr.cls_loss_on_probabilities,
+        )
         out[name] = lo.qfl_weight * loss_cls / num_pos
 
         weight = q_repr.box_weight(cls[pb, pa], q, None if quality is None else quality[pb, pa])
@@ -226,7 +230,7 @@ class GFL(nn.Module):
         for k, v in box.losses(reg_pos, pred_dist, target_dist, weight, lo).items():
             out[k] = v / weight_sum
         if quality is not None:
-            for k, v in q_repr.branch_loss(quality[pb, pa, 0], q, lo).items():
+            for k, v in q_repr.losses(quality[pb, pa, 0], q, lo).items():
                 out[k] = v / num_pos
         return out
 

@@ -15,11 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .options import HeadOptions
-from .representations import (
-    QUALITY_REPRESENTATIONS,
-    box_representation,
-    distribution_statistics,
-)
+from .representations import box_representation, quality_representation
 
 
 def _norm(kind: str, channels: int, groups: int) -> nn.Module:
@@ -99,14 +95,14 @@ class GFLHead(nn.Module):
     """A cls tower and a reg tower of `stacked_convs` x ConvNormAct, shared over levels.
 
     gfl_cls gives C sigmoid logits per location; gfl_reg gives the box representation's R
-    outputs, times a per-level Scale; a quality representation with a branch adds gfl_quality
-    (on the reg tower, as ATSS's centerness): one more logit per location. GFLv2's DGQP adds
-    reg_conf (the official name): 1x1 conv (4·(k+1) -> channels), ReLU, 1x1 conv (-> 1),
-    sigmoid, on the statistics of each location's edge distributions; its output is the
-    quality probability I.
+    outputs, times a per-level Scale. The quality representation may add layers (registered
+    after gfl_reg under its names: a separate branch's `gfl_quality` on the reg tower, GFLv2's
+    `reg_conf`) and gives each level's quality output from the reg tower and the Scale'd
+    regression output.
 
     `box` and `quality` are the representation objects the detector asks how to decode, which
-    losses to add and how to score (gfldet.model.representations).
+    losses to add and how to score (gfldet.model.representations); `model.head.box` and
+    `model.head.quality` name them in their registries. Meets gfldet.model.interfaces.Head.
 
     forward: [P_l [B, F, H_l, W_l]] -> (cls [B, A, C], reg [B, A, R], quality [B, A, 1] or
     None: a branch's logits, DGQP's probability), A = sum H_l*W_l, locations of each level in
@@ -123,8 +119,8 @@ class GFLHead(nn.Module):
         super().__init__()
         o = options or HeadOptions()
         self.num_classes, self.reg_max = num_classes, o.reg_max
-        self.box = box_representation(o.box, o.reg_max, o.bin_width)
-        self.quality = QUALITY_REPRESENTATIONS[o.quality]
+        self.box = box_representation(o.box, o)
+        self.quality = quality_representation(o.quality, o)
         levels = num_levels if o.per_level_norm else 1
 
         def tower() -> nn.ModuleList:
@@ -139,14 +135,8 @@ class GFLHead(nn.Module):
         self.gfl_cls = nn.Conv2d(tower_out, num_classes, 3, padding=1)
         self.gfl_reg = nn.Conv2d(tower_out, self.box.channels, 3, padding=1)
         # Registered after gfl_reg so that GFL's own initialisation draws are unchanged.
-        self.gfl_quality = nn.Conv2d(tower_out, 1, 3, padding=1) if self.quality.branch else None
-        self.dgqp = o.dgqp if self.quality.from_distributions else None
-        if self.dgqp is not None:
-            inputs = 4 * (self.dgqp.topk + int(self.dgqp.add_mean))
-            self.reg_conf = nn.Sequential(
-                nn.Conv2d(inputs, self.dgqp.channels, 1), nn.ReLU(inplace=True),
-                nn.Conv2d(self.dgqp.channels, 1, 1), nn.Sigmoid(),
-            )  # fmt: skip
+        for name, layer in self.quality.layers(tower_out).items():
+            self.add_module(name, layer)
         self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -155,8 +145,7 @@ class GFLHead(nn.Module):
                     nn.init.zeros_(m.bias)
         # Start every score at prior_prob so the many negatives don't swamp the first steps.
         nn.init.constant_(self.gfl_cls.bias, -math.log((1 - o.prior_prob) / o.prior_prob))
-        if self.dgqp is not None:
-            nn.init.constant_(self.reg_conf[2].bias, self.dgqp.init_bias)
+        self.quality.init_layers(self)
 
     def forward(self, feats: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
         cls_out, reg_out, quality_out = [], [], []
@@ -169,12 +158,9 @@ class GFLHead(nn.Module):
             cls_out.append(self.gfl_cls(c).flatten(2))
             reg = scale(self.gfl_reg(r))
             reg_out.append(reg.flatten(2))
-            if self.gfl_quality is not None:
-                quality_out.append(self.gfl_quality(r).flatten(2))
-            if self.dgqp is not None:  # in float32, as the official head, also under AMP
-                probs = reg.float().unflatten(1, (4, self.reg_max + 1)).softmax(2)
-                stats = distribution_statistics(probs, self.dgqp.topk, self.dgqp.add_mean)
-                quality_out.append(self.reg_conf(stats.to(reg.dtype)).flatten(2))
+            q = self.quality.level_output(self, r, reg)
+            if q is not None:
+                quality_out.append(q.flatten(2))
         cls = torch.cat(cls_out, 2).transpose(1, 2)
         reg = torch.cat(reg_out, 2).transpose(1, 2)
         quality = torch.cat(quality_out, 2).transpose(1, 2) if quality_out else None

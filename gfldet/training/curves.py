@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
@@ -10,6 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core.plots import new_figure, save_png
+from .run_logs import parse_record
+
+_SHOW_LINES = 10  # line numbers named in the warning about unreadable lines
 
 
 def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:
@@ -18,7 +20,8 @@ def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:
     Train records hold "iter", "epoch", "lr", "loss" and the loss terms "loss_*"; val records
     hold "epoch", "iter" and "val" {AP, AP50, ...}. After a resume from an earlier checkpoint
     the log repeats iterations: the last record of each iteration (and epoch) wins. Lines that
-    are not JSON objects (e.g. cut by a crash) are skipped with a warning.
+    are not records (see run_logs.parse_record: cut by a crash, or e.g. "iter": 1e400) are
+    skipped with one warning that gives their numbers.
     """
     path = Path(path)
     if not path.is_file():
@@ -29,19 +32,20 @@ def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            rec = None
-        if not isinstance(rec, dict) or "iter" not in rec:
+        rec = parse_record(line)
+        if rec is None:
             bad.append(n)
-        elif isinstance(rec.get("val"), dict):
-            val[int(rec["epoch"])] = rec
+        elif "val" in rec:
+            val[rec["epoch"]] = rec
         elif "loss" in rec:
-            train[int(rec["iter"])] = rec
+            train[rec["iter"]] = rec
     if bad:
-        warnings.warn(f"{path}: skipped {len(bad)} unreadable line(s), e.g. line {bad[0]}",
-                      stacklevel=2)  # fmt: skip
+        shown = ", ".join(map(str, bad[:_SHOW_LINES])) + (", ..." if len(bad) > _SHOW_LINES else "")
+        warnings.warn(
+            f"{path}: skipped {len(bad)} unreadable line(s): {shown} (each line must be a JSON "
+            "object with an integer 'iter')",
+            stacklevel=2,
+        )
     return [train[k] for k in sorted(train)], [val[k] for k in sorted(val)]
 
 
@@ -70,9 +74,13 @@ def write_training_curves(work_dir: str | Path, out: str | Path | None = None) -
     for key in ["loss", *keys]:
         x, y = _series(train, key, "iter")
         if len(x):
-            ax_loss.plot(x, y, lw=2 if key == "loss" else 1.2,
-                         color="k" if key == "loss" else None,
-                         label="total" if key == "loss" else key.removeprefix("loss_"))  # fmt: skip
+            ax_loss.plot(
+                x,
+                y,
+                lw=2 if key == "loss" else 1.2,
+                color="k" if key == "loss" else None,
+                label="total" if key == "loss" else key.removeprefix("loss_"),
+            )
     if any(ln.get_ydata().min() > 0 for ln in ax_loss.get_lines()):
         ax_loss.set_yscale("log")
     ax_loss.set(xlabel="iteration", ylabel="loss", title="training losses")

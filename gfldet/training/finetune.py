@@ -17,12 +17,26 @@ import torch
 from torch import Tensor, nn
 
 from ..core.checkpoint import load_checkpoint, rename_legacy_keys
-from ..interop.mmdet import COCO_CLASSES, checked_bin_width, load_mmdet_checkpoint, rename_keys
+from ..interop.mmdet import (
+    COCO_CLASSES,
+    checked_bin_width,
+    describe,
+    load_mmdet_checkpoint,
+    rename_keys,
+)
 
 CLS_WEIGHT = "head.gfl_cls.weight"  # [C, F, 3, 3]: one row of F x 3 x 3 weights per class
 CLS_BIAS = "head.gfl_cls.bias"  # [C]
 CLS_KEYS = (CLS_WEIGHT, CLS_BIAS)
 _SHOW = 3  # names listed per category in format_report
+# The rule that tells a checkpoint of this architecture (fine-tuning) from one of another (a
+# mistake): at least this fraction of the model's weight tensors of more than one number, the
+# class conv aside, must load. One-number tensors (head.scales.*, BatchNorm counters) have the
+# same shape in every architecture, and the class conv is matched by class names. A detector
+# with another head still loads (backbone and neck are most of its tensors); one whose
+# backbone differs does not.
+MIN_FIT = 0.5
+PARTS = ("backbone", "neck", "head")
 
 
 def init_from_checkpoint(
@@ -58,8 +72,10 @@ def init_from_checkpoint(
         total, checkpoint_total: the numbers of model and checkpoint tensors;
         notes: anything else worth a line in the log (why a class conv was not copied, ...).
 
-    Raises ValueError (one line, naming the file) when `path` is not a checkpoint, when not
-    a single tensor fits (another architecture), when its bins have another width than the
+    Raises ValueError (one line, naming the file) when `path` is not a checkpoint, when it is
+    of another architecture (see MIN_FIT: fewer than half of the model's weight tensors fit, so
+    that e.g. a checkpoint of which only the one-number `head.scales.*` fit is refused, with
+    both models described by what tells them apart), when its bins have another width than the
     model's (model.head.bin_width), or when an MMDetection checkpoint has a 'caffe' style
     ResNet; the model is left untouched then.
     FileNotFoundError when there is no such file.
@@ -116,14 +132,10 @@ def init_from_checkpoint(
 
     if not update:
         raise ValueError(f"{path}: {_nothing_fits(own, weights)}")
+    if problem := _too_little_fits(own, weights, loaded):
+        raise ValueError(f"{path}: {problem}")
     missing = model.load_state_dict(update, strict=False)
     assert not missing.unexpected_keys, missing.unexpected_keys  # update holds model keys only
-
-    if len(loaded) < len(own) / 2:  # usually a config that is not the checkpoint's architecture
-        notes.append(
-            f"only {len(loaded)} of {len(own)} model tensors were loaded: is the config's "
-            "model (backbone, neck, head widths) that of the checkpoint?"
-        )
     return {
         "source": str(path),
         "kind": source["kind"],
@@ -281,8 +293,14 @@ def _read_source(path: Path) -> dict[str, Any]:
         ) from None
     bin_width = checked_bin_width(mm_state, meta, str(path))
     weights, classes, notes = _convert_mmdet(mm_state, meta, path)
-    return {"weights": weights, "classes": classes, "kind": "mmdetection", "key": "model",
-            "notes": notes, "bin_width": bin_width}  # fmt: skip
+    return {
+        "weights": weights,
+        "classes": classes,
+        "kind": "mmdetection",
+        "key": "model",
+        "notes": notes,
+        "bin_width": bin_width,
+    }
 
 
 def _gfldet_bin_width(state: dict[str, Any]) -> float | None:
@@ -310,23 +328,17 @@ def _convert_mmdet(
     classes = meta.get("CLASSES")
     classes = [str(c) for c in classes] if isinstance(classes, (list, tuple)) else None
     if classes is None and channels == len(COCO_CLASSES):
-        return weights, list(COCO_CLASSES), [
-            "no CLASSES in the checkpoint's meta: 80 classes, taken as COCO's"
-        ]  # fmt: skip
+        note = "no CLASSES in the checkpoint's meta: 80 classes, taken as COCO's"
+        return weights, list(COCO_CLASSES), [note]
     if classes is None:
-        return weights, None, [
-            f"no CLASSES in the checkpoint's meta ({channels} classes, not COCO's 80): no class "
-            "matched by name"
-        ]  # fmt: skip
+        note = f"no CLASSES in the checkpoint's meta ({channels} classes, not COCO's 80)"
+        return weights, None, [note + ": no class matched by name"]
     if len(classes) != channels:
-        return weights, None, [
-            f"meta CLASSES has {len(classes)} names but gfl_cls has {channels} channels: no "
-            "class matched by name"
-        ]  # fmt: skip
-    notes = [] if classes == list(COCO_CLASSES) else [
-        "class rows taken in the order of the checkpoint's meta CLASSES"
-    ]  # fmt: skip
-    return weights, classes, notes
+        note = f"meta CLASSES has {len(classes)} names but gfl_cls has {channels} channels"
+        return weights, None, [note + ": no class matched by name"]
+    if classes == list(COCO_CLASSES):
+        return weights, classes, []
+    return weights, classes, ["class rows taken in the order of the checkpoint's meta CLASSES"]
 
 
 def _named_errors(path: Path, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -390,6 +402,46 @@ def _copy_rows_by_name(
         rows[CLS_BIAS] = b_own.clone()
         rows[CLS_BIAS][new] = b_old[old].to(b_own)
     return matched, rows
+
+
+def _too_little_fits(
+    own: dict[str, Tensor], weights: dict[str, Tensor], loaded: list[str]
+) -> str | None:
+    """The error text when fewer than MIN_FIT of the model's weight tensors fit (see MIN_FIT):
+    how many fit per part, and what tells the two models apart; None when enough fit."""
+    counted = [k for k, v in own.items() if v.numel() > 1 and k not in CLS_KEYS]
+    fit = set(loaded) & set(counted)
+    if len(fit) >= MIN_FIT * len(counted):
+        return None
+    per_part = ", ".join(
+        f"{part} {sum(k in fit for k in keys)}/{len(keys)}"
+        for part in PARTS
+        if (keys := [k for k in counted if k.startswith(part + ".")])
+    )
+    theirs, ours = _architecture(weights), _architecture(own)
+    differ = [k for k in ours if k in theirs and ours[k] != theirs[k]] or list(ours)
+    show = ", ".join  # the keys that tell them apart (all of them when none does)
+    return (
+        f"another architecture: only {len(fit)} of {len(counted)} weight tensors of the model "
+        f"(more than one number each, the class conv aside) fit, fewer than half ({per_part}); "
+        f"the checkpoint's model has {show(f'{k} {theirs[k]}' for k in differ if k in theirs)}"
+        f", this config's {show(f'{k} {ours[k]}' for k in differ)}: set the config's model to "
+        "the checkpoint's, or start from a checkpoint of this model"
+    )
+
+
+def _architecture(sd: dict[str, Tensor]) -> dict[str, Any]:
+    """What a state dict says of its model: the config keys of a ResNet + FPN + GFL head that
+    its shapes imply (as convert-mmdet reads them), else its tensor and parameter counts."""
+    try:
+        arch: dict[str, Any] = dict(describe(sd))
+    except (KeyError, IndexError):  # not a ResNet + FPN + GFL head
+        arch = {}
+    arch.pop("num_classes", None)  # the class conv is matched by names, not refused
+    for part in PARTS:
+        keys = [k for k in sd if k.startswith(part + ".")]
+        arch.setdefault(f"{part} tensors", len(keys))
+    return arch
 
 
 def _nothing_fits(own: dict[str, Tensor], weights: dict[str, Tensor]) -> str:

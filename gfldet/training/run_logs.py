@@ -20,22 +20,51 @@ from ..core.files import atomic_open
 VAL_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
+def parse_record(line: str) -> dict[str, Any] | None:
+    """One line of log.jsonl as a record, or None when it is not one.
+
+    A record is a JSON object with "iter" (and "epoch", when it has one) an integer >= 0 (an
+    integral float such as 3.0 is read as 3; inf, NaN, text or 1e400 are not records), and
+    "val" / "epoch_mean", when present, objects; a "val" record names its "epoch". Lines cut
+    short by a kill, or edited by hand, are thereby told apart from the trainer's records.
+    """
+    try:
+        rec = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(rec, dict):
+        return None
+    for key in ("iter", "epoch"):
+        if key not in rec and key == "epoch":
+            continue
+        v = rec.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return None
+        if not math.isfinite(v) or v != int(v) or v < 0:
+            return None
+        rec[key] = int(v)
+    if any(k in rec and not isinstance(rec[k], dict) for k in ("val", "epoch_mean")):
+        return None
+    if "val" in rec and "epoch" not in rec:
+        return None
+    return rec
+
+
 def write_results_csv(work_dir: Path) -> Path:
     """WORK_DIR/results.csv from WORK_DIR/log.jsonl: per epoch its iterations, last learning
     rate, the mean of every loss term over the epoch's steps, and the val metrics of the
-    evaluation after it (empty when there was none)."""
+    evaluation after it (empty when there was none). Lines that are not records (see
+    parse_record) are left out."""
     epochs: dict[int, dict[str, Any]] = {}
     for line in (work_dir / "log.jsonl").read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        if not isinstance(rec, dict) or "epoch" not in rec:
+        rec = parse_record(line)
+        if rec is None or "epoch" not in rec:
             continue
-        row = epochs.setdefault(int(rec["epoch"]), {"epoch": int(rec["epoch"])})
-        if isinstance(rec.get("epoch_mean"), dict):
-            row.update(iter=rec["iter"], lr=rec["lr"], **rec["epoch_mean"])
-        elif isinstance(rec.get("val"), dict):
+        row = epochs.setdefault(rec["epoch"], {"epoch": rec["epoch"]})
+        if "epoch_mean" in rec:
+            means = {k: v for k, v in rec["epoch_mean"].items() if k.startswith("loss")}
+            row.update(iter=rec["iter"], lr=rec.get("lr"), **means)
+        elif "val" in rec:
             row.update({k: rec["val"].get(k) for k in VAL_KEYS})
     losses = sorted({k for r in epochs.values() for k in r if k.startswith("loss")})
     columns = ["epoch", "iter", "lr", *losses, *VAL_KEYS]

@@ -1,4 +1,5 @@
-"""Training loop: SGD with linear warm-up and step decay, checkpoints, periodic COCO evaluation.
+"""Training loop: SGD or AdamW with a warm-up and a step or cosine schedule, checkpoints,
+periodic COCO evaluation, best.pth and early stopping.
 
 Works in one process (CPU or one GPU) and under torchrun (one process per GPU, DDP; gloo on the
 CPU). Options: mixed precision (train.amp), gradient clipping, an EMA of the weights, SyncBN.
@@ -13,46 +14,31 @@ it reaches the weights and leaves the last good checkpoint as it was.
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import logging
 import math
-import os
-import shlex
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from ..core import dist as gdist
-from ..core.checkpoint import (
-    link_checkpoint,
-    load_checkpoint,
-    load_model_weights,
-    prune_checkpoints,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from ..core.checkpoint import load_model_weights, rng_state, set_rng_state
 from ..core.dist import init_distributed
-from ..core.draw import draw_detections
-from ..core.files import write_yaml_atomic
+from ..core.draw import DRAW_SCORE_THR, draw_batch, draw_detections
 from ..core.options import to_dict
 from ..core.runtime import (
     configure_determinism,
     resolve_device,
     resolve_num_classes,
     seed_everything,
-    setup_logging,
-    start_log_file,
 )
 from ..data.loader import build_dataloader, build_dataset
 from ..data.transforms import collate_batch
@@ -60,11 +46,15 @@ from ..evaluation.evaluator import evaluate, format_metrics
 from ..model.build import build_model
 from ..model.detector import GFL
 from ..model.fuse import prepare_for_inference
+from .checkpointer import BestAP, Checkpointer
 from .curves import write_training_curves
 from .finetune import format_report, init_from_checkpoint
-from .optim import build_optimizer, lr_at
-from .run_dir import check_work_dir, move_run_aside, new_run_problem
+from .optim import build_optimizer, ema_avg_fn, lr_at, reapply_settings
+from .run_dir import RunDir
 from .run_logs import VAL_KEYS, TensorBoard, write_results_csv
+
+if TYPE_CHECKING:  # the config layer sits above the jobs: a type only, never imported here
+    from ..config import Config
 
 __all__ = ["Trainer", "TrainingInterrupted", "train"]
 
@@ -77,57 +67,104 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def unwrap(model: nn.Module) -> GFL:
+    """The model itself, also when DDP wraps it."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 class Trainer:
     """Builds data, model and optimizer from a config and runs the epochs.
 
-    resume: False, True (WORK_DIR/latest.pth) or a checkpoint path.
+    resume: False (a new run), True (WORK_DIR/latest.pth) or a checkpoint path. overwrite: a
+    new run in a work dir that holds one moves the old run aside first (see run_dir).
+
+    The constructor runs the build steps in order, each a method: `_setup_process` (device,
+    torch.distributed, determinism), `_open_run_dir` (the work dir's rules, logging, seeds),
+    `_build_data`, `_build_model` (with model.init_from), `_build_training` (SyncBN, EMA, DDP,
+    optimizer, AMP, counters), the `Checkpointer` and the resume, then `_start_run` (config.yaml,
+    train.log, TensorBoard, the first batches drawn). `Trainer.for_model` builds a trainer of a
+    given model with the steps that `train_step` needs alone.
     """
 
+    # train_batch0.jpg ... of a new run: its first training batches, as the model gets them.
+    preview_batches = 3
+
     def __init__(
-        self, cfg: dict, resume: bool | str | Path = False, overwrite: bool = False
+        self, cfg: Config, resume: bool | str | Path = False, overwrite: bool = False
     ) -> None:
         self.cfg = cfg
-        t, d = cfg.train, cfg.data
-        if t.tensorboard:
-            TensorBoard.check_available()  # before anything is read or written
-        configure_determinism(t.deterministic)
-        self.device = resolve_device(cfg.device)
-        init_distributed(self.device)
-        self.work_dir = Path(cfg.work_dir)
-        check_work_dir(self.work_dir)
-        # A new run never mixes with an old one (see run_dir); rank 0's view decides for all.
-        problem = None if resume else new_run_problem(self.work_dir)
-        problem = gdist.all_gather_object(problem)[0]
-        if problem and not overwrite:
-            raise FileExistsError(problem)
-        if resume:
-            resume = self.work_dir / "latest.pth" if resume is True else Path(resume)
-            if not resume.is_file():
-                raise FileNotFoundError(
-                    f"no checkpoint to resume from: {resume}; name one with --resume PATH (e.g. "
-                    "an epoch_N.pth of the run), or start a new run without --resume in an "
-                    "empty --work-dir"
-                )
-        moved = None
-        if problem and gdist.is_main():
-            moved = move_run_aside(self.work_dir)
-        gdist.barrier()
-        try:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:  # one clear line, as the CLI's out dirs
-            raise PermissionError(f"cannot create work_dir {self.work_dir}: {e.strerror}") from None
-        if not os.access(self.work_dir, os.W_OK):
-            raise PermissionError(f"work_dir is not writable: {self.work_dir}")
-        setup_logging(self.work_dir)
-        if moved is not None:
-            log.info("--overwrite: moved the previous run's files to %s", moved)
-        seed_everything(cfg.seed + gdist.rank())
+        self._setup_process()
+        resume_path = self._open_run_dir(resume, overwrite)
+        self._build_data()
+        self._build_training(self._build_model(init_from=resume_path is None))
+        self.checkpointer: Checkpointer | None = Checkpointer(
+            self.run_dir, self.device, cfg.train.keep_last
+        )
+        if resume_path is not None:
+            self._resume(resume_path)
+        self._start_run(new=resume_path is None)
 
+    @classmethod
+    def for_model(
+        cls,
+        cfg: Config,
+        model: nn.Module,
+        device: torch.device | None = None,
+        batch_size: int | None = None,
+    ) -> Trainer:
+        """A trainer of `model` for `train_step` alone (e.g. a benchmark of the step): the same
+        steps as a run's (SyncBN, EMA, DDP when a process group is joined, the optimizer, AMP
+        and its GradScaler) from cfg.train, without data, work dir or checkpoints.
+
+        model: a GFL as build_model returns it (moved to `device`). device: default cfg.device.
+        batch_size: images per step and process, which scales lr to `base_lr` (default
+        data.train.batch_size). `fit`, `save` and evaluation need a full Trainer.
+        """
+        self = cls.__new__(cls)
+        self.cfg = cfg
+        self.device = device if device is not None else resolve_device(cfg.device)
+        self.batch_size = batch_size if batch_size is not None else cfg.data.train.batch_size
+        self.checkpointer = None
+        self._build_training(model)
+        return self
+
+    # -- build steps ----------------------------------------------------------------------------
+    def _setup_process(self) -> None:
+        """Checks what is needed before anything is read or written, selects deterministic
+        kernels, the device, and joins the process group under torchrun."""
+        t = self.cfg.train
+        if t.tensorboard:
+            TensorBoard.check_available()
+        configure_determinism(t.deterministic)
+        self.device = resolve_device(self.cfg.device)
+        init_distributed(self.device)
+
+    def _open_run_dir(self, resume: bool | str | Path, overwrite: bool) -> Path | None:
+        """The work dir checked and claimed (see RunDir), logging started, seeds set; returns
+        the checkpoint to resume from (None for a new run). A model.init_from that --overwrite
+        moved aside with the old run is read from where it went."""
+        d = self.cfg.data
+        self.run_dir = RunDir(self.cfg.work_dir)
+        self.work_dir = self.run_dir.path
+        self.run_dir.check(
+            {"data.train.img_dir": d.train.img_dir, "data.val.img_dir": d.val.img_dir}
+        )
+        resume_path = Checkpointer.find(resume, self.run_dir)
+        self.run_dir.claim(new_run=resume_path is None, overwrite=overwrite)
+        if self.run_dir.moved_to is not None:
+            log.info("--overwrite: moved the previous run's files to %s", self.run_dir.moved_to)
+        init_from = self.cfg.model.init_from
+        moved = self.run_dir.moved(init_from) if init_from and resume_path is None else None
+        if moved is not None:
+            log.info("model.init_from %s went with the previous run: reading %s", init_from, moved)
+            self.cfg.model.init_from = str(moved)  # config.yaml says what the run read
+        seed_everything(self.cfg.seed + gdist.rank())
+        return resume_path
+
+    def _build_data(self) -> None:
+        """The train and val datasets and loaders; model.num_classes from the data."""
+        cfg, d = self.cfg, self.cfg.data
         skip = d.skip_bad_images
-        self.train_set = build_dataset(d.train, True, skip, d.classes)
+        self.train_set = build_dataset(d.train, True, skip, d.classes, cfg.train.epochs)
         # A VOC val split takes the training set's classes (its own may lack some).
         self.val_set = build_dataset(d.val, False, skip, self.train_set.class_names)
         resolve_num_classes(cfg, self.train_set.class_names, d.train.ann_file)
@@ -136,38 +173,59 @@ class Trainer:
         ws, rk = gdist.world_size(), gdist.rank()
         self.batch_size = d.train.batch_size
         self.train_loader = build_dataloader(
-            self.train_set, self.batch_size, d.train.num_workers, True,
-            cfg.seed, ws, rk, d.size_divisor,
-        )  # fmt: skip
+            self.train_set,
+            self.batch_size,
+            d.train.num_workers,
+            True,
+            cfg.seed,
+            ws,
+            rk,
+            d.size_divisor,
+        )
         self.val_loader = build_dataloader(
-            self.val_set, d.val.batch_size, d.val.num_workers, False,
-            cfg.seed, ws, rk, d.size_divisor,
-        )  # fmt: skip
+            self.val_set,
+            d.val.batch_size,
+            d.val.num_workers,
+            False,
+            cfg.seed,
+            ws,
+            rk,
+            d.size_divisor,
+        )
 
+    def _build_model(self, init_from: bool) -> GFL:
+        """The config's model; with `init_from`, model.init_from's weights loaded into it."""
         # Rank 0 first: it fetches pretrained weights into the cache that the others then read.
         if not gdist.is_main():
             gdist.barrier()
-        model = build_model(cfg.model)
+        model = build_model(self.cfg.model)
         if gdist.is_main():
             gdist.barrier()
-        if cfg.model.init_from and not resume:  # before the EMA copy and DDP
-            report = init_from_checkpoint(model, cfg.model.init_from, self.train_set.class_names)
+        if self.cfg.model.init_from and init_from:  # before the EMA copy and DDP
+            report = init_from_checkpoint(
+                model, self.cfg.model.init_from, self.train_set.class_names
+            )
             for line in format_report(report).splitlines():
                 log.info(line)
+        return model
+
+    def _build_training(self, model: GFL) -> None:
+        """Everything `train_step` uses: the model (SyncBN, on the device, DDP-wrapped under
+        torchrun), its EMA, the optimizer at the scaled lr, AMP, and the run's counters."""
+        t = self.cfg.train
         model = self._maybe_sync_bn(model).to(self.device)
         self.ema = None
         if t.ema:
             # The average is kept on every rank (each evaluates its shard with it); buffers are
             # averaged too, so BatchNorm statistics follow the weights.
-            self.ema = AveragedModel(
-                model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True
-            )
+            avg = ema_avg_fn(t.ema_decay, t.ema_ramp_iters)
+            self.ema = AveragedModel(model, multi_avg_fn=avg, use_buffers=True)
         self.model: nn.Module = model
         if gdist.is_distributed():
             self.model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.base_lr = t.lr * self.batch_size * ws / t.base_batch_size
+        self.base_lr = t.lr * self.batch_size * gdist.world_size() / t.base_batch_size
         self.optimizer = build_optimizer(model, t, self.base_lr)
         # fp16 needs loss scaling against underflow; the CPU's bf16 has float32's range.
         self.amp = bool(t.amp)
@@ -175,7 +233,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp and self.device.type == "cuda"
         )
-
         self.epoch = 0  # completed epochs
         self.iter = 0  # completed iterations, all epochs together
         self.epoch_iter = 0  # batches of the current epoch already trained on
@@ -183,23 +240,55 @@ class Trainer:
         self.epoch_sums: dict[str, float] = {}  # loss terms summed over this epoch's steps
         self.epoch_steps = 0
         self.lr: float | None = None  # of the last step
-        self.last_checkpoint: Path | None = None
+        self.best = BestAP()  # val AP: best.pth and train.patience
         self._signal: str | None = None
         self._stopped = False
-        if resume:
-            self._resume(resume)
-        # Only now, with the resume validated: the run's config.yaml is what resumes it.
-        if gdist.is_main():
-            write_yaml_atomic(to_dict(cfg), self.work_dir / "config.yaml")
-        start_log_file(self.work_dir)
+
+    def _start_run(self, new: bool) -> None:
+        """With the run validated (a resume included): config.yaml (what resumes the run),
+        train.log, TensorBoard, the summary line, and for a new run its first batches drawn."""
+        t = self.cfg.train
+        self.run_dir.start_log(to_dict(self.cfg))
         self.tensorboard = TensorBoard(self.work_dir) if t.tensorboard and gdist.is_main() else None
+        model = unwrap(self.model)
         n_params = sum(p.numel() for p in model.parameters())
+        ema = f"; ema {t.ema_decay}" + (f" (ramp {t.ema_ramp_iters})" if t.ema_ramp_iters else "")
         log.info(
             "model: %d classes, %.2fM parameters; %d train / %d val images; device %s x%d; lr %g"
-            "%s%s", model.num_classes, n_params / 1e6, len(self.train_set), len(self.val_set),
-            self.device, ws, self.base_lr, f"; amp {str(self.amp_dtype)[6:]}" if self.amp else "",
-            f"; ema {t.ema_decay}" if self.ema is not None else "",
-        )  # fmt: skip
+            "%s%s",
+            model.num_classes,
+            n_params / 1e6,
+            len(self.train_set),
+            len(self.val_set),
+            self.device,
+            gdist.world_size(),
+            self.base_lr,
+            f"; amp {str(self.amp_dtype)[6:]}" if self.amp else "",
+            ema if self.ema is not None else "",
+        )
+        if new:
+            self._draw_first_batches()
+
+    def _draw_first_batches(self) -> None:
+        """WORK_DIR/train_batch{0,1,...}.jpg: the first `preview_batches` training batches with
+        their boxes, as augmented for the model (rank 0's). They are read as the loader would,
+        in this process; every RNG state is put back after, so training does not change. A
+        failure only warns."""
+        if not gdist.is_main() or self.preview_batches < 1:
+            return
+        rng = rng_state(self.device)
+        sampler = self.train_loader.batch_sampler
+        try:
+            sampler.set_epoch(self.epoch, self.epoch_iter)
+            for k, items in zip(range(self.preview_batches), sampler):
+                images, targets = self.train_loader.collate_fn([self.train_set[i] for i in items])
+                if targets:
+                    path = self.work_dir / f"train_batch{k}.jpg"
+                    draw_batch(images, targets, self.train_set.class_names, path)
+        except Exception as e:  # noqa: BLE001 - a picture must never end a training run
+            log.warning("could not draw the first training batches: %s", e)
+        finally:
+            set_rng_state(rng, self.device)
 
     def _maybe_sync_bn(self, model: GFL) -> GFL:
         """train.sync_bn: BatchNorm statistics over all ranks' images (CUDA only, as torch's)."""
@@ -232,13 +321,15 @@ class Trainer:
             "epoch": self.epoch,
             "iter": self.iter,
             "epoch_iter": self.epoch_iter,
-            # The lr schedule is lr_at(cfg.train, base_lr, epoch, iter); base_lr depends on these.
+            # The lr schedule is lr_at(cfg.train, base_lr, epoch, iter, ...); base_lr depends
+            # on these.
             "base_lr": self.base_lr,
             "world_size": gdist.world_size(),
             "batch_size": self.batch_size,
             "skipped_images": self.skipped_images,
             "epoch_sums": dict(self.epoch_sums),  # results.csv's epoch means, exact on resume
             "epoch_steps": self.epoch_steps,
+            "best": self.best.state_dict(),
             "config": to_dict(self.cfg),
             "classes": list(self.train_set.class_names),
             "cat_ids": [int(c) for c in self.train_set.cat_ids],
@@ -254,40 +345,28 @@ class Trainer:
 
         Every rank must call it: the RNG states of all ranks are gathered into the checkpoint.
         """
-        rng = gdist.all_gather_object(rng_state(self.device))
-        latest = self.work_dir / "latest.pth"
-        last_good, self.last_checkpoint = self.last_checkpoint, latest  # named in messages
-        if not gdist.is_main():
-            return
-        state = self.state(rng)
-        try:
-            if epoch_file:
-                save_checkpoint(state, self.work_dir / epoch_file)
-                link_checkpoint(self.work_dir / epoch_file, latest)
-                keep = self.cfg.train.keep_last
-                for p in prune_checkpoints(self.work_dir, keep, up_to=self.epoch):
-                    log.info("removed %s (train.keep_last: %d)", p, keep)
-            else:
-                save_checkpoint(state, latest)
-        except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            self.last_checkpoint = last_good
-            kept = f"the last good checkpoint {last_good} is intact" if last_good else (
-                "no checkpoint of this run was written yet")  # fmt: skip
-            raise OSError(
-                e.errno,
-                f"no space left on the device of {self.work_dir} while saving a "
-                f"checkpoint; {kept}. Free some space, then resume with: {self.resume_command()}",
-            ) from None
+        self.checkpointer.save(self.state, self.iter, epoch_file, self.epoch)
 
     def _resume(self, path: Path) -> None:
-        state = load_checkpoint(path)
+        """Restores the run from the checkpoint `path`, after checking that it fits this
+        config (nothing is written before)."""
+        state = self.checkpointer.load(path)
         load_model_weights(unwrap(self.model), state, path)
-        self.last_checkpoint = path
         if "optimizer" in state:
             self._check_optimizer_state(state, path)
+            fresh = [
+                {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups
+            ]
             self.optimizer.load_state_dict(state["optimizer"])
+            # The config's settings, as config.yaml will say (the optimizer's state is kept).
+            for key, (was, now) in reapply_settings(self.optimizer, fresh).items():
+                log.info(
+                    "resume: %s %s -> %s: the optimizer takes this config's value (as "
+                    "config.yaml says) and keeps its state",
+                    key,
+                    _show(was),
+                    _show(now),
+                )
         else:
             log.warning("%s holds no optimizer state: momentum restarts from zero", path)
         if state.get("scaler") and self.scaler.is_enabled():
@@ -309,9 +388,12 @@ class Trainer:
         if saved != (ws, self.batch_size):
             log.warning(
                 "%s was trained with %d process(es) x %d images per batch, this run has %d x %d: "
-                "data order and lr differ from an uninterrupted run", path, *saved, ws,
+                "data order and lr differ from an uninterrupted run",
+                path,
+                *saved,
+                ws,
                 self.batch_size,
-            )  # fmt: skip
+            )
             # The same number of images seen, in batches of the new size.
             epoch_iter = epoch_iter * saved[0] * saved[1] // (ws * self.batch_size)
         self.epoch_iter = min(epoch_iter, len(self.train_loader.batch_sampler))
@@ -322,12 +404,20 @@ class Trainer:
             torch.set_rng_state(rng["torch"])  # checkpoints of gfldet <= 0.1 held only this
         else:
             log.warning("%s: RNG states not restored (saved by another number of processes)", path)
+        # The best val AP so far: the checkpoint's, and the evaluation that followed its save
+        # (in log.jsonl, which rank 0 holds); then the log loses what comes after.
+        self.best = BestAP.from_state(state.get("best"))
         if gdist.is_main():
-            self._truncate_log()
+            self.best.replay(self.run_dir.records(), self.iter)
+        self.best = gdist.all_gather_object(self.best)[0]
+        self.run_dir.truncate_log(self.iter)
         log.info(
             "resumed from %s: epoch %d, iteration %d (%d of the epoch's batches done)",
-            path, self.epoch + 1, self.iter, self.epoch_iter,
-        )  # fmt: skip
+            path,
+            self.epoch + 1,
+            self.iter,
+            self.epoch_iter,
+        )
 
     def _check_optimizer_state(self, state: dict, path: Path) -> None:
         """Raises ValueError, before anything is loaded or written, when the checkpoint's
@@ -356,32 +446,9 @@ class Trainer:
                 "config.yaml, or start a new run from these weights with model.init_from"
             )
 
-    def _truncate_log(self) -> None:
-        """Drops log.jsonl records written after the checkpoint (their iterations are redone)."""
-        path = self.work_dir / "log.jsonl"
-        if not path.is_file():
-            return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line).get("iter", 0) <= self.iter:
-                    keep.append(line)
-            except (json.JSONDecodeError, AttributeError):
-                pass  # a line cut short by a kill
-        tmp = path.with_name(".log.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, path)
-
     def resume_command(self) -> str:
         """The command that continues this run from WORK_DIR/latest.pth."""
-        cfg = shlex.quote(str(self.work_dir / "config.yaml"))
-        ws, local = gdist.world_size(), gdist.local_world_size()
-        if ws == 1:
-            return f"gfldet train --config {cfg} --resume"
-        launch = f"torchrun --nproc_per_node={local}"
-        if ws > local:
-            launch += f" --nnodes={ws // local} [same rendezvous flags as before, on every node]"
-        return f"{launch} -m gfldet train --config {cfg} --resume"
+        return self.run_dir.resume_command()
 
     # -- signals ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -400,8 +467,9 @@ class Trainer:
             signal.signal(signum, old[signum])
             log.warning(
                 "%s received: saving a checkpoint after this step (send it again to stop at "
-                "once, without saving)", self._signal,
-            )  # fmt: skip
+                "once, without saving)",
+                self._signal,
+            )
 
         for s in sigs:
             signal.signal(s, handler)
@@ -430,9 +498,7 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def _log_json(self, record: dict) -> None:
-        if gdist.is_main():
-            with open(self.work_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        self.run_dir.append(record)
 
     def _max_iters_reached(self) -> bool:
         m = self.cfg.train.max_iters
@@ -454,9 +520,10 @@ class Trainer:
         bad = gdist.reduce_sum((~torch.isfinite(values)).float().tolist(), self.device)
         if any(bad):
             terms = [f"{k} = {v:g}" for (k, v), b in zip(losses.items(), bad) if b]
+            last = self.checkpointer.last if self.checkpointer is not None else None
             where = (
-                f"the last good checkpoint is {self.last_checkpoint}"
-                if self.last_checkpoint is not None
+                f"the last good checkpoint is {last}"
+                if last is not None
                 else "no checkpoint was written in this run"
             )
             raise FloatingPointError(
@@ -486,18 +553,26 @@ class Trainer:
         sampler.set_epoch(self.epoch, self.epoch_iter)
         n = self.epoch_iter + len(sampler)
         bar = tqdm(
-            self.train_loader, desc=f"epoch {self.epoch + 1}/{t.epochs}",
-            initial=self.epoch_iter, total=n, disable=not gdist.is_main(), dynamic_ncols=True,
+            self.train_loader,
+            desc=f"epoch {self.epoch + 1}/{t.epochs}",
+            initial=self.epoch_iter,
+            total=n,
+            disable=not gdist.is_main(),
+            dynamic_ncols=True,
             file=sys.stdout,
-        )  # fmt: skip
+        )
         start = time.time()
         every = t.checkpoint_interval_iters
         for images, targets in bar:
             # One all-reduce agrees on what every rank must do the same way.
             empty, stop, skipped = gdist.reduce_sum(
-                [float(not targets), float(self._signal is not None),
-                 float(sampler.batch_size - len(targets))], self.device,
-            )  # fmt: skip
+                [
+                    float(not targets),
+                    float(self._signal is not None),
+                    float(sampler.batch_size - len(targets)),
+                ],
+                self.device,
+            )
             if stop:
                 self._stopped = True
                 return False
@@ -506,9 +581,12 @@ class Trainer:
             if skipped and gdist.is_main():  # totals over ranks: said once
                 log.warning(
                     "iteration %d: %d unreadable image(s) skipped, %d so far "
-                    "(data.skip_bad_images)", self.iter + 1, skipped, self.skipped_images,
-                )  # fmt: skip
-            lr = lr_at(self.cfg.train, self.base_lr, self.epoch, self.iter)
+                    "(data.skip_bad_images)",
+                    self.iter + 1,
+                    skipped,
+                    self.skipped_images,
+                )
+            lr = lr_at(t, self.base_lr, self.epoch, self.iter, t.epochs * n)
             losses = None
             if empty:  # some rank has no image at all: nobody steps, so DDP stays in lockstep
                 if gdist.is_main():
@@ -523,15 +601,23 @@ class Trainer:
             self.lr = lr
             if losses and (self.iter % t.log_interval == 0 or self.iter == 1):
                 loss = sum(losses.values())
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", **{
-                    k.removeprefix("loss_"): f"{v:.3f}" for k, v in losses.items()
-                })  # fmt: skip
+                bar.set_postfix(
+                    loss=f"{loss:.3f}",
+                    lr=f"{lr:.2e}",
+                    **{k.removeprefix("loss_"): f"{v:.3f}" for k, v in losses.items()},
+                )
                 extra = {"skipped_images": self.skipped_images} if self.skipped_images else {}
-                self._log_json({
-                    "epoch": self.epoch + 1, "iter": self.iter, "lr": lr, "loss": round(loss, 4),
-                    **{k: round(v, 4) for k, v in losses.items()},
-                    "time": round(time.time() - start, 1), **extra,
-                })  # fmt: skip
+                self._log_json(
+                    {
+                        "epoch": self.epoch + 1,
+                        "iter": self.iter,
+                        "lr": lr,
+                        "loss": round(loss, 4),
+                        **{k: round(v, 4) for k, v in losses.items()},
+                        "time": round(time.time() - start, 1),
+                        **extra,
+                    }
+                )
                 if self.tensorboard is not None:
                     self.tensorboard.step(self.iter, lr, losses)
             if self._max_iters_reached():
@@ -545,33 +631,67 @@ class Trainer:
         if self.epoch_steps and gdist.is_main():
             means = {k: round(v / self.epoch_steps, 5) for k, v in self.epoch_sums.items()}
             means["loss"] = round(sum(means.values()), 5)
-            self._log_json({"epoch": self.epoch + 1, "iter": self.iter,
-                            "lr": self.lr, "epoch_mean": means})  # fmt: skip
+            self._log_json(
+                {"epoch": self.epoch + 1, "iter": self.iter, "lr": self.lr, "epoch_mean": means}
+            )
         self.epoch_sums, self.epoch_steps = {}, 0
 
     def _write_results(self) -> None:
-        if gdist.is_main() and (self.work_dir / "log.jsonl").is_file():
+        if gdist.is_main() and self.run_dir.log_file.is_file():
             write_results_csv(self.work_dir)
 
     def _evaluate(self) -> dict:
-        """Evaluates the EMA weights when there are some, else the model's."""
+        """Evaluates the EMA weights when there are some, else the model's; a better val AP
+        than before is saved as best.pth (every rank calls it)."""
         model = self.ema.module if self.ema is not None else unwrap(self.model)
         # A BatchNorm-folded, channels_last copy: same detections, ~2x faster on the CPU.
         fast = prepare_for_inference(model)
         metrics = evaluate(fast, self.val_loader, self.device, self.work_dir)
         if self.tensorboard is not None and metrics:
             self.tensorboard.evaluation(self.iter, metrics, self._drawn_val_images(fast))
+        ap: dict[str, float | None] = {}
+        if gdist.is_main():
+            ap = {k: metrics[k] for k in VAL_KEYS}
+            ap = {k: (None if v is None or math.isnan(v) else v) for k, v in ap.items()}
+        # Rank 0 scored the detections; every rank takes the same decisions from its AP.
+        improved = self.best.update(gdist.all_gather_object(ap.get("AP"))[0], self.epoch, self.iter)
+        if improved:
+            self.checkpointer.save_best(self.state, self.iter)
         if gdist.is_main():
             which = "EMA weights" if self.ema is not None else "weights"
             log.info("epoch %d (%s): %s", self.epoch, which, format_metrics(metrics))
-            ap = {k: metrics[k] for k in VAL_KEYS}
-            ap = {k: (None if v is None or math.isnan(v) else v) for k, v in ap.items()}
+            if improved:
+                log.info("new %s", self.best.describe())
             record = {"epoch": self.epoch, "iter": self.iter, "val": ap}
             if self.ema is not None:
                 record["weights"] = "ema"
+            if self.best.ap is not None:
+                record["best"] = {"epoch": self.best.epoch, "AP": self.best.ap}
             self._log_json(record)
             self._plot_curves()
         return metrics
+
+    def _stop_early(self) -> None:
+        """train.patience ran out: the epoch's weights saved (if they are not yet), and said."""
+        t = self.cfg.train
+        if self.checkpointer.saved_iter != self.iter:
+            self.save(f"epoch_{self.epoch}.pth")
+        msg = (
+            f"early stop after epoch {self.epoch}: no better val AP in the last {t.patience} "
+            f"evaluation(s) (train.patience); {self.best.describe()}"
+        )
+        log.info(msg)
+        self._log_json(
+            {
+                "epoch": self.epoch,
+                "iter": self.iter,
+                "early_stop": {
+                    "patience": t.patience,
+                    "best_epoch": self.best.epoch,
+                    "best_AP": self.best.ap,
+                },
+            }
+        )
 
     def _drawn_val_images(self, model: GFL, n: int = 4) -> list:
         """The first `n` val images (RGB uint8) with the model's detections drawn."""
@@ -583,8 +703,14 @@ class Trainer:
             batch, targets = collate_batch([sample], self.cfg.data.size_divisor)
             det = model.predict(batch.to(self.device), targets)[0]
             rgb = ds.read_image(ds.img_ids[i])
-            drawn = draw_detections(rgb[:, :, ::-1], det["boxes"], det["scores"], det["labels"],
-                                    ds.class_names, 0.3)  # fmt: skip
+            drawn = draw_detections(
+                rgb[:, :, ::-1],
+                det["boxes"],
+                det["scores"],
+                det["labels"],
+                ds.class_names,
+                DRAW_SCORE_THR,
+            )
             out.append(drawn[:, :, ::-1].copy())
         return out
 
@@ -605,6 +731,13 @@ class Trainer:
         metrics: dict = {}
         with self._signals_handled():
             while self.epoch < t.epochs and not self._max_iters_reached():
+                if self.best.exhausted(t.patience):  # a resumed run that had stopped early
+                    log.info(
+                        "train.patience %d: the run had stopped early; %s",
+                        t.patience,
+                        self.best.describe(),
+                    )
+                    break
                 self.train_epoch()
                 if self._stopped:
                     self._save_and_stop()
@@ -617,21 +750,33 @@ class Trainer:
                     self.save(f"epoch_{self.epoch}.pth")
                 elif t.checkpoint_interval_iters:
                     self.save()
+                stop_early = False
                 if t.eval_interval and (last or self.epoch % t.eval_interval == 0):
                     metrics = self._evaluate()
+                    stop_early = not last and self.best.exhausted(t.patience)
+                if stop_early:
+                    self._stop_early()
                 self._write_results()
+                if stop_early:
+                    break
                 if self._stop_requested():
                     self._save_and_stop()
         if self.skipped_images and gdist.is_main():
             log.warning("%d unreadable image(s) were skipped in this run", self.skipped_images)
-        log.info("done: %d epochs, %d iterations; checkpoints in %s", self.epoch, self.iter,
-                 self.work_dir)  # fmt: skip
+        best = f"; {self.best.describe()}" if self.best.ap is not None else ""
+        log.info(
+            "done: %d epochs, %d iterations; checkpoints in %s%s",
+            self.epoch,
+            self.iter,
+            self.work_dir,
+            best,
+        )
         if self.tensorboard is not None:
             self.tensorboard.close()
         return metrics
 
 
-def train(cfg: dict, resume: bool | str | Path = False, overwrite: bool = False) -> dict:
+def train(cfg: Config, resume: bool | str | Path = False, overwrite: bool = False) -> dict:
     """Trains a detector as configured; returns the final evaluation metrics. A new run needs a
     work dir without a run in it; `overwrite` moves an old run aside first (see run_dir)."""
     try:
@@ -641,3 +786,10 @@ def train(cfg: dict, resume: bool | str | Path = False, overwrite: bool = False)
         raise
     gdist.shutdown()
     return metrics
+
+
+def _show(value: object) -> str:
+    """A setting's value for the log: numbers as %g, anything else as repr."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return repr(value)

@@ -1,7 +1,7 @@
 """Fine-tuning from a detector trained on other classes (`model.init_from`), shown on shapes.
 
-    python scripts/finetune_demo.py --out work_dirs/finetune_demo/finetune_demo.json
-    python scripts/finetune_demo.py --quick --work-dir DIR  # smoke run, ~30 s on 2 CPU cores
+    python -m benchmarks.finetune_demo --out work_dirs/finetune_demo/finetune_demo.json
+    python -m benchmarks.finetune_demo --quick --work-dir DIR  # smoke run: a tiny model
 
 The shapes dataset (gfldet.data.synth: circle, square, triangle, star, cross, ellipse) is split
 by classes into two detection tasks, written as COCO annotation files under WORK_DIR/splits
@@ -46,34 +46,34 @@ import torch
 from gfldet.config import load_config
 from gfldet.core.checkpoint import load_checkpoint
 from gfldet.core.files import write_json_atomic
-from gfldet.data.synth import CLASSES, shapes_paths, write_shapes_dataset
+from gfldet.data.synth import CLASSES
 from gfldet.training.trainer import train
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "shapes_demo.yaml"
+from .models import DEMO, ensure_shapes
+
 SPLIT_A = ("circle", "square", "triangle")
 SPLIT_B = ("star", "cross", "ellipse", "circle")
 SHARED = "circle"
 METRICS = ("AP", "AP50", "AP75")
 # --quick: a tiny model on tiny images, no worker processes, a few iterations per run.
 QUICK = [
-    "data.train.img_scale=[64,64]", "data.val.img_scale=[64,64]", "data.train.batch_size=2",
-    "data.val.batch_size=2", "data.train.num_workers=0", "data.val.num_workers=0",
-    "model.backbone.base_width=8", "model.neck.out_channels=16", "model.head.feat_channels=16",
-    "model.head.stacked_convs=1", "model.head.num_groups=4", "model.test.score_thr=0.001",
-    "train.warmup_iters=2", "train.log_interval=1", "train.max_iters=3",
-]  # fmt: skip
+    "data.train.img_scale=[64,64]",
+    "data.val.img_scale=[64,64]",
+    "data.train.batch_size=2",
+    "data.val.batch_size=2",
+    "data.train.num_workers=0",
+    "data.val.num_workers=0",
+    "model.backbone.base_width=8",
+    "model.neck.out_channels=16",
+    "model.head.feat_channels=16",
+    "model.head.stacked_convs=1",
+    "model.head.num_groups=4",
+    "model.test.score_thr=0.001",
+    "train.warmup_iters=2",
+    "train.log_interval=1",
+    "train.max_iters=3",
+]
 QUICK_DATA = {"num_train": 16, "num_val": 6, "img_size": 64, "max_size": 40, "max_objects": 3}
-
-
-def ensure_dataset(data: Path, quick: bool) -> dict[str, Path]:
-    """The shapes dataset at `data`: used as it is when its annotation files exist, otherwise
-    generated (the full demo set, or a tiny one with --quick)."""
-    paths = shapes_paths(data)
-    if paths["train_ann"].is_file() and paths["val_ann"].is_file():
-        return paths
-    print(f"generating the shapes dataset in {data}", flush=True)
-    return write_shapes_dataset(data, **(QUICK_DATA if quick else {}))
 
 
 def write_split(src: Path, classes: tuple[str, ...], dst: Path, train: bool) -> dict[str, int]:
@@ -97,8 +97,8 @@ def write_split(src: Path, classes: tuple[str, ...], dst: Path, train: bool) -> 
         images = [im for im in images if im["id"] in with_boxes]
     cats = [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(classes)]
     info = {**coco.get("info", {}), "description": f"shapes, classes {', '.join(classes)}"}
-    write_json_atomic({"info": info, "licenses": [], "images": images, "annotations": anns,
-                       "categories": cats}, dst)  # fmt: skip
+    split = {"info": info, "licenses": [], "images": images, "annotations": anns}
+    write_json_atomic({**split, "categories": cats}, dst)
     return {"images": len(images), "boxes": len(anns)}
 
 
@@ -145,7 +145,9 @@ def format_table(runs: dict[str, dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.finetune_demo", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument(
         "--data",
         default=None,
@@ -174,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="smoke run: tiny model, 64 px images, 3 iterations per run (and a tiny "
         "dataset when --data has none)",
     )
-    return p  # fmt: skip
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,25 +189,28 @@ def main(argv: list[str] | None = None) -> int:
     load_config(a.config, common)  # a bad --set item fails now, not after training A
 
     data = Path(a.data) if a.data else work / "shapes_quick" if a.quick else Path("data/shapes")
-    paths = ensure_dataset(data, a.quick)
+    paths = ensure_shapes(data, **(QUICK_DATA if a.quick else {}))
     split_dir = work / "splits"
     counts = {}
     for name, classes in (("a", SPLIT_A), ("b", SPLIT_B)):
         for part in ("train", "val"):
             dst = split_dir / f"{name}_{part}.json"
-            counts[f"{name}_{part}"] = write_split(paths[f"{part}_ann"], classes, dst,
-                                                   part == "train")  # fmt: skip
-    print("splits:", ", ".join(f"{k} {v['images']} images / {v['boxes']} boxes"
-                               for k, v in counts.items()))  # fmt: skip
+            is_train = part == "train"
+            counts[f"{name}_{part}"] = write_split(paths[f"{part}_ann"], classes, dst, is_train)
+    sizes = (f"{k} {v['images']} images / {v['boxes']} boxes" for k, v in counts.items())
+    print("splits:", ", ".join(sizes))
 
     def items(split: str, run_dir: str, epochs: int, init_from: Path | None) -> list[str]:
         # Evaluate and checkpoint once, at the end (the last epoch, or where max_iters stops).
+        once = [f"train.eval_interval={epochs}", f"train.checkpoint_interval={epochs}"]
         return [
-            *common, *split_overrides(paths, split_dir, split), f"work_dir={work / run_dir}",
-            f"train.epochs={epochs}", f"train.eval_interval={epochs}",
-            f"train.checkpoint_interval={epochs}",
+            *common,
+            *split_overrides(paths, split_dir, split),
+            f"work_dir={work / run_dir}",
+            f"train.epochs={epochs}",
+            *once,
             f"model.init_from={'null' if init_from is None else init_from}",
-        ]  # fmt: skip
+        ]
 
     runs = {}
     runs["A from scratch"] = run("1. A from scratch", a.config, items("a", "a", a.epochs_a, None))
@@ -218,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     scratch, tuned = runs["B from scratch"], runs["B fine-tuned from A"]
     if scratch["iterations"] != tuned["iterations"]:  # the comparison would not be fair
-        print(f"warning: runs 2 and 3 trained {scratch['iterations']} and "
-              f"{tuned['iterations']} iterations", flush=True)  # fmt: skip
+        n2, n3 = scratch["iterations"], tuned["iterations"]
+        print(f"warning: runs 2 and 3 trained {n2} and {n3} iterations", flush=True)
 
     def diff(key: str) -> float | None:
         x, y = tuned[key], scratch[key]
@@ -227,21 +232,32 @@ def main(argv: list[str] | None = None) -> int:
 
     gain = {k: diff(k) for k in ("AP", f"{SHARED}_AP")}
     table = format_table(runs)
-    print(f"\nfine-tuning on shapes ({a.config}; A = {', '.join(SPLIT_A)}; "
-          f"B = {', '.join(SPLIT_B)}):\n{table}")  # fmt: skip
+    print(
+        f"\nfine-tuning on shapes ({a.config}; A = {', '.join(SPLIT_A)}; "
+        f"B = {', '.join(SPLIT_B)}):\n{table}"
+    )
     print(
         "fine-tuned minus from scratch on B: "
         + ", ".join(f"{k} {'-' if v is None else f'{100 * v:+.1f}'}" for k, v in gain.items())
     )
     out = Path(a.out) if a.out else work / "finetune_demo.json"
     args = argv if argv is not None else sys.argv[1:]
-    write_json_atomic({
-        "command": " ".join(["scripts/finetune_demo.py", *args]), "config": a.config,
-        "overrides": common, "quick": a.quick, "split_a": list(SPLIT_A),
-        "split_b": list(SPLIT_B), "shared_class": SHARED, "split_sizes": counts,
-        "runs": runs, "finetune_minus_scratch": gain, "table": table,
-        "torch": torch.__version__, "python": platform.python_version(),
-    }, out, indent=2)  # fmt: skip
+    results = {
+        "command": " ".join(["python -m benchmarks.finetune_demo", *args]),
+        "config": a.config,
+        "overrides": common,
+        "quick": a.quick,
+        "split_a": list(SPLIT_A),
+        "split_b": list(SPLIT_B),
+        "shared_class": SHARED,
+        "split_sizes": counts,
+        "runs": runs,
+        "finetune_minus_scratch": gain,
+        "table": table,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    write_json_atomic(results, out, indent=2)
     print(f"wrote {out}")
     return 0
 

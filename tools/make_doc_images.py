@@ -1,6 +1,6 @@
 """Regenerates the pictures of docs/insight.md from a trained work dir, in one command:
 
-    python scripts/make_doc_images.py --work-dir work_dirs/shapes_demo
+    python -m tools.make_doc_images --work-dir work_dirs/shapes_demo
 
 Reads WORK_DIR/config.yaml, WORK_DIR/latest.pth and WORK_DIR/log.jsonl (what `gfldet train`
 writes); runs `gfldet eval` and `gfldet infer --show-uncertainty` into a temporary folder and
@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -50,8 +51,9 @@ def uncertainty_montage(infer_dir: Path, out: Path, cols: int) -> None:
     cv2.imwrite(str(out), cv2.hconcat(tiles), [cv2.IMWRITE_PNG_COMPRESSION, 9])
 
 
-def edge_figure(cfg: dict, checkpoint: Path, images: list[Path], out: Path,
-                score_thr: float) -> None:  # fmt: skip
+def edge_figure(
+    cfg: Any, checkpoint: Path, images: list[Path], out: Path, score_thr: float
+) -> None:
     """One detection (score >= score_thr) whose edges differ most in sharpness, over
     `images`: its crop with the ±std bands, and the distribution of each edge."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -78,14 +80,17 @@ def edge_figure(cfg: dict, checkpoint: Path, images: list[Path], out: Path,
         print(f"no detection with score >= {score_thr}: skipped {out}")
         return
     _, rgb, det, k, unc, stride = best
-    drawn = draw_detections(rgb[:, :, ::-1], det["boxes"][k : k + 1], det["scores"][k : k + 1],
-                            det["labels"][k : k + 1], predictor.class_names, 0.0,
-                            edge_std=unc["edge_std"][k : k + 1])[:, :, ::-1]  # fmt: skip
+    one = slice(k, k + 1)
+    boxes, scores, labels = det["boxes"][one], det["scores"][one], det["labels"][one]
+    names, bands = predictor.class_names, unc["edge_std"][one]
+    bgr = draw_detections(rgb[:, :, ::-1], boxes, scores, labels, names, 0.0, edge_std=bands)
+    drawn = bgr[:, :, ::-1]
     x1, y1, x2, y2 = det["boxes"][k].tolist()
     pad = 0.5 * max(x2 - x1, y2 - y1)
     h, w = rgb.shape[:2]
-    crop = drawn[max(int(y1 - pad), 0) : min(int(y2 + pad) + 1, h),
-                 max(int(x1 - pad), 0) : min(int(x2 + pad) + 1, w)]  # fmt: skip
+    rows = slice(max(int(y1 - pad), 0), min(int(y2 + pad) + 1, h))
+    cols = slice(max(int(x1 - pad), 0), min(int(x2 + pad) + 1, w))
+    crop = drawn[rows, cols]
 
     fig = Figure(figsize=(12, 2.9), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -104,31 +109,34 @@ def edge_figure(cfg: dict, checkpoint: Path, images: list[Path], out: Path,
     fig.savefig(out)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m tools.make_doc_images",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     p.add_argument("--work-dir", required=True, type=Path)
     p.add_argument("--out", type=Path, default=Path("docs/images"))
     p.add_argument("--images", type=int, default=2, help="val images in the uncertainty montage")
     p.add_argument("--score-thr", type=float, default=0.4, help="drawn detections")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     cfg_path, ckpt = a.work_dir / "config.yaml", a.work_dir / "latest.pth"
     cfg = load_config(cfg_path)
     a.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        _run(["eval", "--config", str(cfg_path), "--checkpoint", str(ckpt), "--out-dir",
-              str(tmp / "eval")])  # fmt: skip
+        trained = ["--config", str(cfg_path), "--checkpoint", str(ckpt)]
+        _run(["eval", *trained, "--out-dir", str(tmp / "eval")])
         shutil.copy(tmp / "eval" / "calibration.png", a.out / "insight_calibration.png")
         shutil.copy(tmp / "eval" / "pr_curves_1.png", a.out / "insight_pr_curves.png")
 
         val_dir = Path(cfg.data.val.img_dir)
         images = sorted(val_dir.glob("*.jpg"))[: a.images]
-        _run(["infer", "--config", str(cfg_path), "--checkpoint", str(ckpt),
-              *map(str, images), "--out-dir", str(tmp / "infer"), "--show-uncertainty",
-              "--score-thr", str(a.score_thr)])  # fmt: skip
+        drawn = ["--out-dir", str(tmp / "infer"), "--show-uncertainty"]
+        _run(["infer", *trained, *map(str, images), *drawn, "--score-thr", str(a.score_thr)])
         uncertainty_montage(tmp / "infer", a.out / "insight_uncertainty.png", a.images)
-    edge_figure(cfg, ckpt, sorted(val_dir.glob("*.jpg"))[:20], a.out / "insight_edges.png",
-                a.score_thr)  # fmt: skip
+    candidates = sorted(val_dir.glob("*.jpg"))[:20]
+    edge_figure(cfg, ckpt, candidates, a.out / "insight_edges.png", a.score_thr)
     write_training_curves(a.work_dir, a.out / "insight_curves.png")
     for name in ("uncertainty", "edges", "calibration", "pr_curves", "curves"):
         path = a.out / f"insight_{name}.png"

@@ -39,17 +39,28 @@ demo: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest tests
 
-# Everything but the tests marked slow (trainings, torchrun, benchmark scripts).
+# Everything but the tests marked slow (trainings of more than a step, torchrun, benchmarks):
+# the quick check while working; `make test` (all of them) is what CI runs. In two processes
+# where pytest-xdist is installed.
+XDIST = $(shell $(BIN)/python -c "import xdist" 2>/dev/null && echo "-n 2")
 test-fast: $(DEV_STAMP)
-	$(BIN)/python -m pytest tests -m "not slow"
+	$(BIN)/python -m pytest tests -m "not slow" $(XDIST)
 
 # The benchmarks are the package benchmarks/ at the repository root, run as modules from here.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench --out bench.json
 
+# gfldet beside torchvision's FCOS and SSDlite at equal CPU time; then `gfldet train --data` with
+# the your-data recipe against flip-only on the real-content digits set (needs the bench extra:
+# scikit-learn and scikit-image ship the digits and the photographs). Larger budgets and more
+# seeds: `python -m benchmarks.your_data --help`.
 bench-converge: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_converge --out bench_converge.json
 	$(BIN)/python -m benchmarks.bench_converge --peer ssdlite --out bench_converge_lite.json
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	test -f data/digits/data.yaml || $(BIN)/python -m benchmarks.digits --out data/digits
+	$(BIN)/python -m benchmarks.your_data --data data/digits/data.yaml --minutes 4 --seeds 0 \
+		--out bench_your_data.json
 
 # The CUDA paths (fp16, NCCL, pinned memory, EMA, SyncBN) checked and timed, sized for a few
 # minutes on one GPU; exits 2 without one (`python -m benchmarks.bench_gpu --cpu-smoke` runs

@@ -35,7 +35,7 @@ from .core.yaml_io import YamlError, load_yaml_file, load_yaml_text
 from .data.options import DataOptions
 from .model.options import ModelOptions
 from .model.options import check_model_options as _check_model
-from .training.options import TrainOptions
+from .training.options import DistillOptions, TrainOptions
 
 
 @dataclass
@@ -56,12 +56,14 @@ class Config:
     device: str = option(
         "auto",
         pattern=r"auto|cpu|mps|cuda(:\d+)?",
+        pattern_says="auto, cpu, cuda, cuda:N (a GPU index) or mps",
         help="auto (this process's GPU when CUDA is available, else the CPU), cpu, cuda (GPU "
         "LOCAL_RANK), cuda:N or mps",
     )
     model: ModelOptions = section(ModelOptions)
     data: DataOptions = section(DataOptions)
     train: TrainOptions = section(TrainOptions)
+    distill: DistillOptions = section(DistillOptions)
 
 
 DEFAULTS: dict[str, Any] = defaults_of(Config)

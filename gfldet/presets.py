@@ -21,6 +21,7 @@ from .config import Config, ConfigError, load_config, resolve_config_path, shipp
 from .data.sources import DataSource, data_source
 
 # --model NAME: the shipped preset configs.
+# gfldet.cli names them too (MODELS), so that `--help` imports nothing; a test keeps them equal.
 PRESETS = {
     "lite": "presets/lite",
     "demo": "presets/demo",
@@ -108,8 +109,11 @@ def config_for_data(
     files). Precedence, lowest first: the preset, the dataset's paths, epochs / img_size /
     batch_size, the `overrides` (`--set` items). When no override sets work_dir, the run goes
     to a new folder work_dirs/<dataset>-<model>[-N]."""
-    for name, value in (("--epochs", epochs), ("--img-size", img_size),
-                        ("--batch-size", batch_size)):  # fmt: skip
+    for name, value in (
+        ("--epochs", epochs),
+        ("--img-size", img_size),
+        ("--batch-size", batch_size),
+    ):
         if value is not None and (isinstance(value, bool) or value < 1):
             raise ValueError(f"{name} must be a whole number >= 1, got {value}")
     source = data_source(data)

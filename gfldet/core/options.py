@@ -73,14 +73,16 @@ def option(
     lt: float | None = None,
     length: int | None = None,
     pattern: str | None = None,
+    pattern_says: str | None = None,
     help: str | None = None,
 ) -> Any:
     """A dataclass field with its constraints. Bounds apply to a number, or to every item of a
     list; `length` fixes a list's length; `choices` lists the allowed values; `pattern` is a
-    regular expression that a string must match in full; `help` is the one-line description
+    regular expression that a string must match in full, and `pattern_says` the words an error
+    uses for it ("auto, cpu or cuda:N"); `help` is the one-line description
     (what the option does and why) that docs/configs.md and the JSON Schema show."""
     meta = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "length": length}
-    meta.update(pattern=pattern, help=help)
+    meta.update(pattern=pattern, pattern_says=pattern_says, help=help)
     meta = {k: v for k, v in meta.items() if v is not None}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
@@ -176,7 +178,8 @@ def value_problem(value: Any, tp: Any, meta: dict) -> str | None:
             return f"must be {bound}, got {short_repr(value)}"
     pattern = meta.get("pattern")
     if pattern is not None and not re.fullmatch(pattern, value):
-        return f"must match {pattern}, got {short_repr(value)}"
+        says = meta.get("pattern_says") or f"a match of {pattern}"
+        return f"must be {says}; got {short_repr(value)}"
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         return f"must be one of {', '.join(map(str, choices))}; got {short_repr(value)}"

@@ -26,9 +26,12 @@ log = logging.getLogger("gfldet")
 
 
 def read_annotations(
-    fmt: str, ann_file: str | Path, img_dir: str | Path, classes: list[str] | None = None,
+    fmt: str,
+    ann_file: str | Path,
+    img_dir: str | Path,
+    classes: list[str] | None = None,
     skip_bad: bool = False,
-) -> dict | None:  # fmt: skip
+) -> dict | None:
     """A VOC or YOLO split as a COCO dict in memory (None for COCO: CocoDetection reads the
     json itself). voc: ann_file is the split's ImageSets list, img_dir the VOC root; yolo:
     ann_file is the data.yaml, img_dir the split's images (see gfldet.data.voc / .yolo)."""
@@ -149,9 +152,12 @@ def build_dataset(
     label order (None: its sorted names).
     """
     data = read_annotations(
-        split_cfg.format, split_cfg.ann_file, split_cfg.img_dir, classes,
+        split_cfg.format,
+        split_cfg.ann_file,
+        split_cfg.img_dir,
+        classes,
         skip_bad,
-    )  # fmt: skip
+    )
     if train:
         dataset: CocoDetection = TrainDataset(
             split_cfg.ann_file,

@@ -93,8 +93,9 @@ def _per_class_table(per_class: dict[str, dict]) -> str:
     def fmt(v: float) -> str:
         return "-" if math.isnan(v) else f"{v:.3f}"
 
-    lines = [f"{'class':<{width}}  {'AP':>6}  {'AP50':>6}  {'recall':>6}  {'num_gt':>7}  "
-             f"{'num_det':>7}"]  # fmt: skip
+    lines = [
+        f"{'class':<{width}}  {'AP':>6}  {'AP50':>6}  {'recall':>6}  {'num_gt':>7}  {'num_det':>7}"
+    ]
     for name, m in per_class.items():
         lines.append(
             f"{name:<{width}}  {fmt(m['AP']):>6}  {fmt(m['AP50']):>6}  {fmt(m['recall']):>6}  "
@@ -112,8 +113,9 @@ def write_per_class_csv(per_class: dict[str, dict], path: str | Path) -> None:
         writer.writerow(["class", *PER_CLASS_KEYS])
         for name, m in per_class.items():
             row = [m[k] for k in PER_CLASS_KEYS]
-            writer.writerow([name, *("" if isinstance(v, float) and math.isnan(v) else v
-                                     for v in row)])  # fmt: skip
+            writer.writerow(
+                [name, *("" if isinstance(v, float) and math.isnan(v) else v for v in row)]
+            )
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -172,12 +174,15 @@ def quality_calibration(scores: np.ndarray, ious: np.ndarray, num_bins: int = 10
     for b in range(num_bins):
         sel = which == b
         n = int(sel.sum())
-        reliability.append({
-            "score_lo": round(float(edges[b]), 4), "score_hi": round(float(edges[b + 1]), 4),
-            "count": n,
-            "mean_score": float(scores[sel].mean()) if n else float("nan"),
-            "mean_iou": float(ious[sel].mean()) if n else float("nan"),
-        })  # fmt: skip
+        reliability.append(
+            {
+                "score_lo": round(float(edges[b]), 4),
+                "score_hi": round(float(edges[b + 1]), 4),
+                "count": n,
+                "mean_score": float(scores[sel].mean()) if n else float("nan"),
+                "mean_iou": float(ious[sel].mean()) if n else float("nan"),
+            }
+        )
     return {
         "pearson": _pearson(scores, ious),
         "spearman": _pearson(_ranks(scores), _ranks(ious)) if len(scores) else float("nan"),
@@ -233,10 +238,15 @@ def coco_evaluate(
         warnings.warn("coco_evaluate: no detections, reporting all-zero metrics", stacklevel=2)
         metrics: dict[str, Any] = {k: 0.0 for k in STAT_KEYS}
         metrics["per_class"] = {
-            name: {"AP": 0.0 if num_gt[cid] else nan, "AP50": 0.0 if num_gt[cid] else nan,
-                   "recall": 0.0 if num_gt[cid] else nan, "num_gt": num_gt[cid], "num_det": 0}
+            name: {
+                "AP": 0.0 if num_gt[cid] else nan,
+                "AP50": 0.0 if num_gt[cid] else nan,
+                "recall": 0.0 if num_gt[cid] else nan,
+                "num_gt": num_gt[cid],
+                "num_det": 0,
+            }
             for name, cid in zip(class_names, cat_ids, strict=True)
-        }  # fmt: skip
+        }
         matched = (np.zeros(0), np.zeros(0))
     else:
         # loadRes adds area/id/segmentation keys in place: give it copies, keep ours clean.
@@ -265,9 +275,12 @@ def coco_evaluate(
             else:
                 p, r = np.full((1, 1), -1.0), -1.0
             metrics["per_class"][name] = {
-                "AP": _mean_valid(p), "AP50": _mean_valid(p[0]), "recall": _stat(float(r)),
-                "num_gt": num_gt[cid], "num_det": num_det[cid],
-            }  # fmt: skip
+                "AP": _mean_valid(p),
+                "AP50": _mean_valid(p[0]),
+                "recall": _stat(float(r)),
+                "num_gt": num_gt[cid],
+                "num_det": num_det[cid],
+            }
         matched = matched_score_iou(ev)
     metrics["quality"] = quality_calibration(*matched)
 
@@ -276,8 +289,10 @@ def coco_evaluate(
 
     print(_per_class_table(metrics["per_class"]))
     q = metrics["quality"]
-    print(f"score-IoU correlation of {q['num_matched']} matched detections: "
-          f"Pearson {q['pearson']:.3f}, Spearman {q['spearman']:.3f}")  # fmt: skip
+    print(
+        f"score-IoU correlation of {q['num_matched']} matched detections: "
+        f"Pearson {q['pearson']:.3f}, Spearman {q['spearman']:.3f}"
+    )
     print(_confusion_line(conf, confusion_score_thr))
     if out_dir is not None:
         _write_outputs(
@@ -428,7 +443,8 @@ def evaluate(
     if len(ids) < len(ds.img_ids):
         log.warning(
             "evaluation: %d of %d images could not be read and are left out of the scoring",
-            len(ds.img_ids) - len(ids), len(ds.img_ids),
-        )  # fmt: skip
+            len(ds.img_ids) - len(ids),
+            len(ds.img_ids),
+        )
         img_ids = ids
     return coco_evaluate(ds.coco, results, ds.class_names, ds.cat_ids, out_dir, img_ids, plots)

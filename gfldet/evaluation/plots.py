@@ -20,12 +20,26 @@ def plot_reliability(scores: np.ndarray, ious: np.ndarray, q: dict, path: str | 
     if len(scores):
         # A random subset keeps the file small for COCO's ~10^5 matched detections.
         idx = np.random.default_rng(0).permutation(len(scores))[:5000]
-        ax.scatter(np.asarray(scores)[idx], np.asarray(ious)[idx], s=3, alpha=0.25, c="0.5",
-                   linewidths=0, label="matched detections")  # fmt: skip
+        ax.scatter(
+            np.asarray(scores)[idx],
+            np.asarray(ious)[idx],
+            s=3,
+            alpha=0.25,
+            c="0.5",
+            linewidths=0,
+            label="matched detections",
+        )
     centers = [(b["score_lo"] + b["score_hi"]) / 2 for b in q["reliability"]]
     means = [b["mean_iou"] for b in q["reliability"]]
-    ax.bar(centers, np.nan_to_num(means), width=0.9 / num_bins, color="tab:blue", alpha=0.6,
-           edgecolor="tab:blue", label="mean IoU per score bin")  # fmt: skip
+    ax.bar(
+        centers,
+        np.nan_to_num(means),
+        width=0.9 / num_bins,
+        color="tab:blue",
+        alpha=0.6,
+        edgecolor="tab:blue",
+        label="mean IoU per score bin",
+    )
     for c, m, b in zip(centers, means, q["reliability"]):
         if b["count"]:
             ax.annotate(str(b["count"]), (c, m), ha="center", va="bottom", fontsize=7)
@@ -61,8 +75,13 @@ def plot_pr_curves(recall: np.ndarray, curves: dict[str, np.ndarray], path: str 
                 ax.plot([], [], color=color, label=f"{name} (no gt)")
                 continue
             ap = float(prec[prec > -1].mean())
-            ax.plot(recall, np.where(prec < 0, np.nan, prec), color=color, lw=1.5,
-                    label=f"{name} (AP{iou[2:]} {ap:.3f})")  # fmt: skip
+            ax.plot(
+                recall,
+                np.where(prec < 0, np.nan, prec),
+                color=color,
+                lw=1.5,
+                label=f"{name} (AP{iou[2:]} {ap:.3f})",
+            )
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", title=f"IoU = {iou}")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left", fontsize=7)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,7 +17,11 @@ from ..data.transforms import TestTransform, collate_batch
 from ..model.build import build_model
 from ..model.detector import GFL
 from ..model.fuse import prepare_for_inference
+from .results import check_rgb_image, name_detections
 from .uncertainty import edge_uncertainty
+
+if TYPE_CHECKING:
+    from .onnx_predictor import OnnxPredictor
 
 log = logging.getLogger("gfldet")
 
@@ -57,27 +62,6 @@ def load_trained_model(
     return (prepare_for_inference(model) if fast else model), state
 
 
-def check_rgb_image(image: object, index: int = 0) -> None:
-    """Raises ValueError unless `image` is a numpy uint8 RGB array [H, W, 3] (what cv2 and PIL
-    give, converted to RGB): a float image in 0..1 would otherwise be read as nearly black."""
-    where = f"Predictor input {index}"
-    if not isinstance(image, np.ndarray):
-        raise ValueError(
-            f"{where} is a {type(image).__name__}: give a file path or a numpy uint8 RGB array "
-            "[H, W, 3] (e.g. tensor.permute(1, 2, 0).numpy() for a CHW uint8 tensor)"
-        )
-    if image.dtype != np.uint8:
-        raise ValueError(
-            f"{where} has dtype {image.dtype}: give uint8 RGB pixels 0..255 (for a float image "
-            "in 0..1: (image * 255).round().astype(np.uint8))"
-        )
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(
-            f"{where} has shape {list(image.shape)}: give a uint8 RGB array [H, W, 3] (gray: "
-            "np.repeat(img[..., None], 3, 2); RGBA: img[..., :3]; CHW: img.transpose(1, 2, 0))"
-        )
-
-
 class Predictor:
     """A detector ready for images.
 
@@ -90,10 +74,19 @@ class Predictor:
     with edge distributions (model.head.box general) add `dists` [K, 4, n+1], `strides` [K],
     and their summaries `edge_std` [K, 4] (original pixels, as the boxes) and `edge_top2`
     [K, 4] (see gfldet.inference.uncertainty).
+
+    bf16: run the network (backbone, neck, head) under bfloat16 autocast, the post-processing
+    in float32; fast only on CPUs with AMX / AVX512-BF16 (gfldet.deploy.machine.has_bf16) and
+    on GPUs. For an exported ONNX file, see Predictor.from_onnx.
     """
 
     def __init__(
-        self, cfg: dict, checkpoint: str | Path, device: str = "auto", use_ema: bool = True
+        self,
+        cfg: dict,
+        checkpoint: str | Path,
+        device: str = "auto",
+        use_ema: bool = True,
+        bf16: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self.model, state = load_trained_model(cfg, checkpoint, self.device, use_ema, fast=True)
@@ -102,6 +95,28 @@ class Predictor:
         self.cat_ids: list[int] = [int(c) for c in state.get("cat_ids") or range(n)]
         self.transform = TestTransform(tuple(cfg.data.val.img_scale))
         self.size_divisor = cfg.data.size_divisor
+        self.bf16 = bf16
+
+    @staticmethod
+    def from_onnx(
+        path: str | Path, runtime: str = "onnxruntime", threads: int | None = None
+    ) -> OnnxPredictor:
+        """A predictor for an ONNX file of `gfldet export`, needing no config: its metadata
+        carries the classes, resize and post-processing (see gfldet.inference.onnx_predictor).
+        """
+        from .onnx_predictor import OnnxPredictor
+
+        return OnnxPredictor(path, runtime, threads)
+
+    @property
+    def has_distributions(self) -> bool:
+        """Whether detections carry edge distributions (model.head.box general)."""
+        return bool(self.model.head.box.has_distributions)
+
+    @property
+    def box_name(self) -> str:
+        """The model's box representation (model.head.box), for messages."""
+        return str(self.model.head.box.name)
 
     def __call__(self, images: list[str | Path | np.ndarray]) -> list[dict]:
         """images: file paths or RGB uint8 arrays [H, W, 3]. Returns one dict per image."""
@@ -113,7 +128,9 @@ class Predictor:
             tensor = torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
             samples.append((tensor, info))
         batch, targets = collate_batch(samples, self.size_divisor)
-        dets = self.model.predict(batch.to(self.device), targets)
+        batch = batch.to(self.device)
+        predict = self._predict_bf16 if self.bf16 else self.model.predict
+        dets = predict(batch, targets)
         for d, t in zip(dets, targets, strict=True):
             for k in ("boxes", "scores", "labels", "dists", "strides"):
                 if k in d:
@@ -122,6 +139,21 @@ class Predictor:
                 # scale_factor is this image's resize: spreads come out in original pixels.
                 bin_width = self.model.head.box.bin_width
                 d.update(edge_uncertainty(d["dists"], d["strides"], bin_width, t["scale_factor"]))
-            d["category_ids"] = torch.tensor([self.cat_ids[i] for i in d["labels"].tolist()])
-            d["names"] = [self.class_names[i] for i in d["labels"].tolist()]
+            name_detections(d, self.cat_ids, self.class_names)
         return dets
+
+    @torch.inference_mode()
+    def _predict_bf16(self, images: torch.Tensor, targets: list[dict]) -> list[dict]:
+        """GFL.forward in eval mode with the network under bfloat16 autocast and the box
+        decoding, thresholds and NMS in float32 (bf16's 8-bit mantissa would move box edges
+        by pixels)."""
+        m = self.model
+        x = m.preprocess(images, targets)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            feats = m.features(x)
+            cls, reg, quality = m.head(feats)
+        cls, reg = cls.float(), reg.float()
+        quality = quality.float() if quality is not None else None
+        sizes = [tuple(f.shape[-2:]) for f in feats]
+        points, strides = m.grid(sizes, cls.device)
+        return m.postprocess(cls, reg, points, strides, sizes, images.shape[-2:], targets, quality)

@@ -33,7 +33,7 @@ from typing import Any
 from ..core.draw import DRAW_SCORE_THR
 from ..core.files import make_output_dir, write_json_atomic
 from .infer import expand_inputs, image_output_names, infer_images
-from .predictor import Predictor
+from .runtimes import AUTO_MIN_IMAGES, make_predictor
 from .video import (
     infer_video,
     jsonl_path_for,
@@ -209,8 +209,8 @@ def check_overwrites(plan: InferencePlan, ledger: OutputLedger) -> None:
 
 
 def run_inference(
-    cfg: Any,
-    checkpoint: str | Path,
+    cfg: Any | None,
+    checkpoint: str | Path | None,
     inputs: Sequence[str],
     out_dir: str | Path,
     every: int = 1,
@@ -219,15 +219,21 @@ def run_inference(
     show_uncertainty: bool = False,
     overwrite: bool = False,
     echo: Callable[[str], None] = print,
+    onnx: str | Path | None = None,
+    runtime: str = "auto",
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """`gfldet infer`: detects objects in images, videos and image sequences, and draws them.
 
     cfg: the loaded Config (model, model.test, data.val.img_scale, data.size_divisor, device,
-    data.skip_bad_images). inputs: image files, folders (searched recursively), globs, video
-    files and image-sequence patterns. every, batch_size: videos only (infer_video).
-    score_thr: what is drawn and recorded (default DRAW_SCORE_THR). overwrite: replace files
-    in out_dir that infer did not write. echo: receives one summary line per video and one for
-    the images.
+    data.skip_bad_images), with `checkpoint`; or, instead of both, `onnx`: a file of `gfldet
+    export`, whose metadata carries what the run needs. runtime: what runs the model
+    (gfldet.inference.runtimes: auto, torch, torch-bf16, onnxruntime, openvino; the choice is
+    printed); threads: the ONNX runtimes' threads (default: theirs). inputs: image files,
+    folders (searched recursively), globs, video files and image-sequence patterns. every,
+    batch_size: videos only (infer_video). score_thr: what is drawn and recorded (default
+    DRAW_SCORE_THR). overwrite: replace files in out_dir that infer did not write. echo:
+    receives one summary line per video and one for the images.
 
     Every check runs before the model is loaded (see the module docstring). Returns
     {"videos": [infer_video's summary per video], "images": infer_images' summary or None,
@@ -245,20 +251,28 @@ def run_inference(
         raise ValueError(
             "infer: give at least one image file, folder, glob, video or image sequence"
         )
+    if onnx is not None and (cfg is not None or checkpoint is not None):
+        raise ValueError(
+            "infer: --onnx runs an exported file on its own: give it without --config and "
+            "--checkpoint (its metadata holds the classes, resize and post-processing)"
+        )
+    if onnx is None and (cfg is None or checkpoint is None):
+        raise ValueError("infer: give --config and --checkpoint, or --onnx FILE")
     out_dir = Path(out_dir)
     plan = plan_inference(inputs, out_dir)
-    check_outputs_are_not_inputs(plan, [checkpoint])
+    check_outputs_are_not_inputs(plan, [onnx if onnx is not None else checkpoint])
     ledger = OutputLedger(out_dir)
     if not overwrite:
         check_overwrites(plan, ledger)
     make_output_dir(out_dir)
 
-    predictor = Predictor(cfg, checkpoint, cfg.device)
-    box = predictor.model.head.box
-    if show_uncertainty and not box.has_distributions:
+    long_run = bool(plan.videos) or len(plan.images) >= AUTO_MIN_IMAGES
+    predictor = make_predictor(cfg, checkpoint, onnx, runtime, threads, echo, long_run)
+    if show_uncertainty and not predictor.has_distributions:
         raise ValueError(
-            f"--show-uncertainty needs edge distributions (model.head.box: general); "
-            f"this model's box representation is {box.name!r}"
+            "--show-uncertainty needs edge distributions (model.head.box: general; an ONNX "
+            f"file exported without them has none); this model's box representation is "
+            f"{predictor.box_name!r}"
         )
     before = {p: OutputLedger.signature(p) for p in plan.outputs}
     summary: dict[str, Any] = {"videos": [], "images": None, "out_dir": out_dir}
@@ -283,7 +297,7 @@ def run_inference(
                 out_dir,
                 score_thr,
                 show_uncertainty,
-                cfg.data.skip_bad_images,
+                cfg.data.skip_bad_images if cfg is not None else False,
             )
             summary["images"] = s
             skipped = f", {s['skipped']} skipped as unreadable" if s["skipped"] else ""

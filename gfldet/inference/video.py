@@ -428,11 +428,10 @@ def infer_video(
     for out in (out_path, jsonl):
         if "%" not in str(source) and _same_file(out, Path(source)):
             raise ValueError(f"output {out} is the input video {source}: refusing to overwrite it")
-    box = predictor.model.head.box
-    if show_uncertainty and not box.has_distributions:
+    if show_uncertainty and not predictor.has_distributions:
         raise ValueError(
             f"show_uncertainty needs edge distributions (model.head.box: general); "
-            f"this model's box representation is {box.name!r}"
+            f"this model's box representation is {predictor.box_name!r}"
         )
 
     src = open_source(source)

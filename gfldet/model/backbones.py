@@ -196,9 +196,10 @@ class TorchvisionBackbone(nn.Module):
         self._outputs = [max(i for i, s in enumerate(strides) if s == t) for t in self.strides]
         self.out_channels = [channels[i] for i in self._outputs]
         self._frozen = [
-            self.get_submodule(b) for b, s in zip(self._blocks, strides)
+            self.get_submodule(b)
+            for b, s in zip(self._blocks, strides)
             if frozen_stages >= 0 and s <= 2 ** (frozen_stages + 1)
-        ]  # fmt: skip
+        ]
         for m in self._frozen:
             m.requires_grad_(False)
 

@@ -123,8 +123,9 @@ def build_backbone(o: BackboneOptions) -> nn.Module:
     defaults = BackboneOptions()
     unused = [k for k in ("depth", "base_width") if getattr(o, k) != getattr(defaults, k)]
     if o.type != "resnet" and unused:  # e.g. inherited from a ResNet config
-        log.warning("model.backbone.%s: for type resnet only; not used by %s",
-                    " / ".join(unused), o.type)  # fmt: skip
+        log.warning(
+            "model.backbone.%s: for type resnet only; not used by %s", " / ".join(unused), o.type
+        )
     backbone = BACKBONES.get(o.type, _custom)(o)
     if o.pretrained:
         load_backbone_weights(backbone, o.pretrained)

@@ -40,8 +40,9 @@ def fold_batchnorms(module: nn.Module) -> int:
         for parent, conv_name, bn_name in pairs():
             conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
             norms = list(bn) if isinstance(bn, nn.ModuleList) else [bn]
-            if not all(isinstance(n, nn.modules.batchnorm._BatchNorm) and not n.training
-                       for n in norms):  # fmt: skip
+            if not all(
+                isinstance(n, nn.modules.batchnorm._BatchNorm) and not n.training for n in norms
+            ):
                 continue
             if not isinstance(conv, nn.Conv2d):
                 raise TypeError(

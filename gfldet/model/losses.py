@@ -1,4 +1,6 @@
-"""The losses of GFL: Quality Focal Loss, Distribution Focal Loss, GIoU; and Varifocal Loss.
+"""The losses of GFL: Quality Focal Loss, Distribution Focal Loss, GIoU; Varifocal Loss; and
+the softened KL divergence of knowledge distillation, which Localization Distillation applies to
+edge distributions (gfldet.training.distill).
 
 Every loss takes `reduction` in {"none", "mean", "sum"}; "none" returns the element-wise loss.
 RetinaNet's focal loss is torchvision's `sigmoid_focal_loss` and GIoU is torchvision's
@@ -22,6 +24,7 @@ __all__ = [
     "varifocal_loss",
     "sigmoid_focal_loss",
     "soft_targets",
+    "distillation_kl_loss",
 ]
 
 
@@ -151,3 +154,27 @@ def classification_loss(
     qd, fd = guided_q.detach().to(fl.dtype), fl_pos.detach()
     wq = qd * fd.sum() / (qd * fd).sum().clamp(min=torch.finfo(fl.dtype).tiny)
     return "loss_focal", fl.sum() + ((wq - 1) * fl_pos).sum()
+
+
+def distillation_kl_loss(
+    logits: Tensor, teacher_logits: Tensor, temperature: float, reduction: str = "mean"
+) -> Tensor:
+    """KL(p_t ‖ p_s) · T², averaged over the K outcomes: knowledge distillation (Hinton et al.,
+    2015) as Localization Distillation (Zheng et al., CVPR 2022) applies it to an edge's bins.
+
+    p_s = softmax(logits / T), p_t = softmax(teacher_logits / T), each over the last dim
+    (logits [N, K], teacher_logits [N, K], the teacher's taken as constants). Each row's loss is
+    Σ_k p_t,k (log p_t,k − log p_s,k) / K · T²: the mean over the K outcomes, as MMDetection's
+    KnowledgeDistillationKLDivLoss, and × T² so that the gradient's size does not shrink with T.
+    Computed in float32 (also under autocast). Returns [N] for reduction="none".
+    """
+    if logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and teacher_logits {tuple(teacher_logits.shape)} "
+            "must have the same shape"
+        )
+    t = float(temperature)
+    log_p = F.log_softmax(logits.float() / t, dim=-1)
+    log_q = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
+    kl = F.kl_div(log_p, log_q, reduction="none", log_target=True).mean(-1) * (t * t)
+    return _reduce(kl, reduction)

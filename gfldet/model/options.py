@@ -18,12 +18,22 @@ from .registry import BOXES, HEADS, NECKS, QUALITIES
 # torchvision classification networks. A "module:Class" type names a class of your own.
 RESNETS = {"resnet": None, "resnext50_32x4d": (50, 32, 4), "resnext101_32x8d": (101, 32, 8)}
 TORCHVISION_BACKBONES = (
-    "mobilenet_v3_large", "mobilenet_v3_small",
-    "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
-    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
-    "regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_5",
+    "shufflenet_v2_x2_0",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "regnet_y_400mf",
+    "regnet_y_800mf",
+    "regnet_y_1_6gf",
+    "regnet_y_3_2gf",
     "convnext_tiny",
-)  # fmt: skip
+)
 BACKBONE_TYPES = (*RESNETS, *TORCHVISION_BACKBONES)
 CUSTOM_TYPE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # "my_package.module:MyBackbone"
 

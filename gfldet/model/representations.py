@@ -90,9 +90,13 @@ class BoxRepresentation(nn.Module):
         raise NotImplementedError
 
     def losses(
-        self, reg_pos: Tensor, pred_dist: Tensor, target_dist: Tensor, weight: Tensor,
+        self,
+        reg_pos: Tensor,
+        pred_dist: Tensor,
+        target_dist: Tensor,
+        weight: Tensor,
         opts: LossOptions,
-    ) -> dict[str, Tensor]:  # fmt: skip
+    ) -> dict[str, Tensor]:
         """The losses it adds beside GIoU, summed over positives, each weighted by `weight` [P]
         (the caller divides by the weights' sum). reg_pos [P, R]; pred_dist, target_dist [P, 4]
         in strides."""

@@ -118,3 +118,48 @@ class TrainOptions:
     tensorboard: bool = option(
         False, help="also log to WORK_DIR/tensorboard (needs the tensorboard package)"
     )
+
+
+@dataclass
+class DistillOptions:
+    """Localization Distillation: learn from a trained teacher's edge distributions (distill.md).
+
+    Zheng et al., CVPR 2022; MMDetection v2's configs/ld."""
+
+    teacher_checkpoint: str | None = option(
+        None,
+        help="the teacher's checkpoint (its EMA weights when it has them); null: no "
+        "distillation. The teacher needs edge distributions with the student's bins "
+        "(reg_max, bin_width) and pyramid strides",
+    )
+    teacher_config: str | None = option(
+        None,
+        help="the teacher's config file or shipped name; null: the config stored in "
+        "teacher_checkpoint (every checkpoint gfldet trains holds one)",
+    )
+    temperature: float = option(
+        10.0, ge=1, help="T: both edge distributions are softmax(logits / T); the KL is × T²"
+    )
+    weight: float = option(
+        0.25,
+        ge=0,
+        help="weight of loss_ld, the KL on the student's positives (main region), each "
+        "weighted by its best detached score, summed and divided by 4 edges (MMDetection's)",
+    )
+    vlr_weight: float = option(
+        0.0,
+        ge=0,
+        help="weight of loss_ld_vlr, the KL on the valuable localization region (locations "
+        "whose anchor has α·t ≤ DIoU < t with a gt, t its ATSS threshold); 0: off; the "
+        "paper's LD repository uses 0.25",
+    )
+    vlr_alpha: float = option(
+        0.25, gt=0, lt=1, help="α of the valuable localization region (vlr_weight > 0)"
+    )
+    cls_weight: float = option(
+        0.0,
+        ge=0,
+        help="weight of loss_kd, KD of the joint class scores (softmax over classes at "
+        "cls_temperature) on the positives; 0: off; the paper's LD repository uses 10",
+    )
+    cls_temperature: float = option(2.0, ge=1, help="temperature of the class KD (cls_weight > 0)")

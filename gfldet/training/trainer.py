@@ -48,6 +48,7 @@ from ..model.detector import GFL
 from ..model.fuse import prepare_for_inference
 from .checkpointer import BestAP, Checkpointer
 from .curves import write_training_curves
+from .distill import Distiller, build_distiller
 from .finetune import format_report, init_from_checkpoint
 from .optim import build_optimizer, ema_avg_fn, lr_at, reapply_settings
 from .run_dir import RunDir
@@ -55,6 +56,7 @@ from .run_logs import VAL_KEYS, TensorBoard, write_results_csv
 
 if TYPE_CHECKING:  # the config layer sits above the jobs: a type only, never imported here
     from ..config import Config
+    from ..model.options import ModelOptions
 
 __all__ = ["Trainer", "TrainingInterrupted", "train"]
 
@@ -76,6 +78,8 @@ class Trainer:
 
     resume: False (a new run), True (WORK_DIR/latest.pth) or a checkpoint path. overwrite: a
     new run in a work dir that holds one moves the old run aside first (see run_dir).
+    teacher_model: the model section of distill.teacher_config, which the caller reads (the
+    config layer sits above the trainer); unused without distill.teacher_config.
 
     The constructor runs the build steps in order, each a method: `_setup_process` (device,
     torch.distributed, determinism), `_open_run_dir` (the work dir's rules, logging, seeds),
@@ -89,9 +93,14 @@ class Trainer:
     preview_batches = 3
 
     def __init__(
-        self, cfg: Config, resume: bool | str | Path = False, overwrite: bool = False
+        self,
+        cfg: Config,
+        resume: bool | str | Path = False,
+        overwrite: bool = False,
+        teacher_model: ModelOptions | None = None,
     ) -> None:
         self.cfg = cfg
+        self.teacher_model = teacher_model
         self._setup_process()
         resume_path = self._open_run_dir(resume, overwrite)
         self._build_data()
@@ -110,6 +119,7 @@ class Trainer:
         model: nn.Module,
         device: torch.device | None = None,
         batch_size: int | None = None,
+        teacher_model: ModelOptions | None = None,
     ) -> Trainer:
         """A trainer of `model` for `train_step` alone (e.g. a benchmark of the step): the same
         steps as a run's (SyncBN, EMA, DDP when a process group is joined, the optimizer, AMP
@@ -118,9 +128,11 @@ class Trainer:
         model: a GFL as build_model returns it (moved to `device`). device: default cfg.device.
         batch_size: images per step and process, which scales lr to `base_lr` (default
         data.train.batch_size). `fit`, `save` and evaluation need a full Trainer.
+        teacher_model: as for the constructor (cfg.distill distils into `model`).
         """
         self = cls.__new__(cls)
         self.cfg = cfg
+        self.teacher_model = teacher_model
         self.device = device if device is not None else resolve_device(cfg.device)
         self.batch_size = batch_size if batch_size is not None else cfg.data.train.batch_size
         self.checkpointer = None
@@ -211,9 +223,14 @@ class Trainer:
 
     def _build_training(self, model: GFL) -> None:
         """Everything `train_step` uses: the model (SyncBN, on the device, DDP-wrapped under
-        torchrun), its EMA, the optimizer at the scaled lr, AMP, and the run's counters."""
+        torchrun), its EMA, the optimizer at the scaled lr, AMP, the distillation's teacher
+        (cfg.distill) and the run's counters."""
         t = self.cfg.train
         model = self._maybe_sync_bn(model).to(self.device)
+        classes = self.train_set.class_names if hasattr(self, "train_set") else None
+        self.distiller: Distiller | None = build_distiller(
+            self.cfg.distill, model, self.device, self.teacher_model, classes
+        )
         self.ema = None
         if t.ema:
             # The average is kept on every rank (each evaluates its shard with it); buffers are
@@ -515,7 +532,10 @@ class Trainer:
             g["lr"] = lr
         images = images.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            losses = self.model(images, targets)
+            if self.distiller is None:
+                losses = self.model(images, targets)
+            else:  # the student's losses and the teacher's lessons (loss_ld, ...)
+                losses = self.distiller(self.model, images, targets)
         values = torch.stack([v.detach().float() for v in losses.values()])
         bad = gdist.reduce_sum((~torch.isfinite(values)).float().tolist(), self.device)
         if any(bad):
@@ -644,7 +664,7 @@ class Trainer:
         """Evaluates the EMA weights when there are some, else the model's; a better val AP
         than before is saved as best.pth (every rank calls it)."""
         model = self.ema.module if self.ema is not None else unwrap(self.model)
-        # A BatchNorm-folded, channels_last copy: same detections, ~2x faster on the CPU.
+        # A BatchNorm-folded, channels_last copy: the same detections, faster on the CPU.
         fast = prepare_for_inference(model)
         metrics = evaluate(fast, self.val_loader, self.device, self.work_dir)
         if self.tensorboard is not None and metrics:
@@ -776,11 +796,17 @@ class Trainer:
         return metrics
 
 
-def train(cfg: Config, resume: bool | str | Path = False, overwrite: bool = False) -> dict:
+def train(
+    cfg: Config,
+    resume: bool | str | Path = False,
+    overwrite: bool = False,
+    teacher_model: ModelOptions | None = None,
+) -> dict:
     """Trains a detector as configured; returns the final evaluation metrics. A new run needs a
-    work dir without a run in it; `overwrite` moves an old run aside first (see run_dir)."""
+    work dir without a run in it; `overwrite` moves an old run aside first (see run_dir).
+    teacher_model: the model section of distill.teacher_config, when it is set."""
     try:
-        metrics = Trainer(cfg, resume, overwrite).fit()
+        metrics = Trainer(cfg, resume, overwrite, teacher_model).fit()
     except BaseException:
         gdist.shutdown(clean=False)
         raise

@@ -6,7 +6,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from pathlib import Path
 
 import pytest
 
@@ -19,14 +18,13 @@ from gfldet.config import (
     shipped_configs,
 )
 from gfldet.core.options import to_dict
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO
 
 
 def test_the_repository_configs_folder_is_a_relative_link_to_the_package():
-    link = ROOT / "configs"
+    link = REPO / "configs"
     assert link.is_symlink() and not os.path.isabs(os.readlink(link))
-    assert link.resolve() == SHIPPED_CONFIGS == ROOT / "gfldet" / "configs"
+    assert link.resolve() == SHIPPED_CONFIGS == REPO / "gfldet" / "configs"
 
 
 def test_every_yaml_under_gfldet_configs_is_shipped_and_named():
@@ -35,11 +33,11 @@ def test_every_yaml_under_gfldet_configs_is_shipped_and_named():
     assert "gfl_r50_fpn_1x_coco" in shipped_configs()
     assert "ablations/t3_qfl" in shipped_configs()
     # tomllib is Python 3.11+: read the one line of [tool.setuptools.package-data]
-    pyproject = (ROOT / "pyproject.toml").read_text()
+    pyproject = (REPO / "pyproject.toml").read_text()
     section = pyproject.split("[tool.setuptools.package-data]", 1)[1]
     globs = re.findall(r'"([^"]+)"', re.search(r"^gfldet = \[(.*)\]$", section, re.M).group(1))
     for f in files:
-        rel = f.relative_to(ROOT / "gfldet").as_posix()
+        rel = f.relative_to(REPO / "gfldet").as_posix()
         assert any(fnmatch.fnmatchcase(rel, g) and g.count("/") == rel.count("/") for g in globs), (
             f"{rel} is not package data (pyproject [tool.setuptools.package-data])"
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,9 +12,8 @@ from gfldet.cli import main
 from gfldet.config import load_config
 from gfldet.data.show import show_ground_truth
 from gfldet.data.synth import shapes_overrides
+from tests.helpers import DEMO
 
-REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "configs" / "shapes_demo.yaml"
 SMALL = ["data.train.img_scale=[96,96]", "data.train.ms_short_range=null"]
 
 
@@ -88,12 +86,34 @@ def test_show_bad_arguments(cfg, tmp_path):
 
 def test_data_show_command(shapes, tmp_path, capsys):
     out = tmp_path / "gt"
-    argv = ["data", "show", "--config", str(DEMO), "--set", *shapes_overrides(shapes),
-            "--split", "val", "--num", "2", "--out", str(out), "--seed", "3"]  # fmt: skip
+    argv = [
+        "data",
+        "show",
+        "--config",
+        str(DEMO),
+        "--set",
+        *shapes_overrides(shapes),
+        "--split",
+        "val",
+        "--num",
+        "2",
+        "--out",
+        str(out),
+        "--seed",
+        "3",
+    ]
     assert main(argv) == 0
     assert "drew the ground truth of 2 val images" in capsys.readouterr().out
     assert len(list(out.glob("val_*.jpg"))) == 2
-    bad = ["data", "show", "--config", str(DEMO), "--set", *shapes_overrides(shapes),
-           "--out", str(shapes["train_img_dir"])]  # fmt: skip
+    bad = [
+        "data",
+        "show",
+        "--config",
+        str(DEMO),
+        "--set",
+        *shapes_overrides(shapes),
+        "--out",
+        str(shapes["train_img_dir"]),
+    ]
     assert main(bad) == 2
     assert "inside the image folder of data.train" in capsys.readouterr().err

@@ -14,9 +14,7 @@ from gfldet.cli import main
 from gfldet.data.loader import read_annotations
 from gfldet.data.sources import DataSourceError, data_source
 from gfldet.data.synth import CLASSES
-
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = str(ROOT / "configs" / "shapes_demo.yaml")
+from tests.helpers import DEMO
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,8 @@ from gfldet.data.transforms import (
 )
 from gfldet.model.build import build_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Every new option on (values of the YOLOX / YOLOv8 recipes), mixup at probability 1 so it shows.
 FULL = dict(
     brightness=0.4,

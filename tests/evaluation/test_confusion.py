@@ -33,19 +33,29 @@ def _coco(tmp_path, gt=GT, cat_ids=CAT_IDS, names=NAMES) -> COCO:
         "images": [{"id": i, "width": 200, "height": 200, "file_name": f"{i}.jpg"} for i in images],
         "categories": [{"id": c, "name": n} for c, n in zip(cat_ids, names, strict=True)],
         "annotations": [
-            {"id": k + 1, "image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3],
-             "iscrowd": crowd}
+            {
+                "id": k + 1,
+                "image_id": i,
+                "category_id": c,
+                "bbox": b,
+                "area": b[2] * b[3],
+                "iscrowd": crowd,
+            }
             for k, (i, c, b, crowd) in enumerate(gt)
         ],
-    }  # fmt: skip
+    }
     path = tmp_path / f"gt{len(cat_ids)}.json"
     path.write_text(json.dumps(data))
     return COCO(str(path))
 
 
 def _det(image_id, cat, box, score, dx=0.0) -> dict:
-    return {"image_id": image_id, "category_id": cat, "score": score,
-            "bbox": [box[0] + dx, box[1], box[2], box[3]]}  # fmt: skip
+    return {
+        "image_id": image_id,
+        "category_id": cat,
+        "score": score,
+        "bbox": [box[0] + dx, box[1], box[2], box[3]],
+    }
 
 
 DETS = [
@@ -82,10 +92,14 @@ def test_right_class_wins_the_box_over_a_higher_scoring_wrong_class(tmp_path):
 def test_rows_and_columns_add_up(tmp_path):
     rng = np.random.default_rng(0)
     dets = [
-        _det(int(rng.integers(1, 4)), int(rng.choice(CAT_IDS)),
-             list(rng.uniform(0, 150, 2)) + list(rng.uniform(10, 90, 2)), float(rng.random()))
+        _det(
+            int(rng.integers(1, 4)),
+            int(rng.choice(CAT_IDS)),
+            list(rng.uniform(0, 150, 2)) + list(rng.uniform(10, 90, 2)),
+            float(rng.random()),
+        )
         for _ in range(60)
-    ]  # fmt: skip
+    ]
     m = confusion_matrix(_coco(tmp_path), dets, CAT_IDS)
     gts = [sum(1 for g in GT if g[1] == c and not g[3]) for c in CAT_IDS]
     assert m[:3].sum(axis=1).tolist() == gts  # every non-crowd gt is counted once
@@ -140,20 +154,28 @@ def test_eval_removes_only_its_own_earlier_pr_curves(tmp_path):
     coco, names, ids, dets = _many_classes(tmp_path, 25)
     coco_evaluate(coco, dets, names, ids, out)
     assert sorted(p.name for p in out.glob("pr_curves_*.png")) == [
-        "pr_curves_1.png", "pr_curves_2.png", "pr_curves_3.png"
-    ]  # fmt: skip
+        "pr_curves_1.png",
+        "pr_curves_2.png",
+        "pr_curves_3.png",
+    ]
     assert "matrix" in json.loads((out / "metrics.json").read_text())["confusion"]
     (out / "pr_curves_3.png").write_bytes(b"edited by the user")
     coco_evaluate(_coco(tmp_path), DETS, NAMES, CAT_IDS, out)
     assert sorted(p.name for p in out.glob("pr_curves_*.png")) == [
-        "pr_curves_1.png", "pr_curves_3.png"
-    ]  # fmt: skip
+        "pr_curves_1.png",
+        "pr_curves_3.png",
+    ]
     assert (out / "pr_curves_3.png").read_bytes() == b"edited by the user"
     manifest = json.loads((out / "eval_manifest.json").read_text())["files"]
     assert set(manifest) == {
-        "detections.json", "metrics.json", "per_class.csv", "confusion_matrix.csv",
-        "confusion_matrix.png", "calibration.png", "pr_curves_1.png",
-    }  # fmt: skip
+        "detections.json",
+        "metrics.json",
+        "per_class.csv",
+        "confusion_matrix.csv",
+        "confusion_matrix.png",
+        "calibration.png",
+        "pr_curves_1.png",
+    }
 
 
 def test_a_manifest_never_reaches_outside_its_folder(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,17 +13,14 @@ from gfldet.data.loader import build_dataset
 from gfldet.data.synth import shapes_overrides
 from gfldet.evaluation.run import evaluate_checkpoint
 from gfldet.model.build import build_model
+from tests.helpers import DEMO, TINY_MODEL
 
-REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "configs" / "shapes_demo.yaml"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = [
     "data.val.img_scale=[64,64]",
     "data.val.num_workers=0",
-    "model.backbone.base_width=8",
-    "model.neck.out_channels=16",
-    "model.head.feat_channels=16",
-    "model.head.stacked_convs=1",
-    "model.head.num_groups=4",
+    *TINY_MODEL,
     "model.test.score_thr=0.001",
 ]
 

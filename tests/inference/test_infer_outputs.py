@@ -16,16 +16,11 @@ import torch
 import gfldet
 from gfldet.cli import main
 from gfldet.core.checkpoint import save_checkpoint
+from tests.helpers import DEMO, TINY_MODEL, one_line_error, snapshot
 
-REPO = Path(__file__).resolve().parents[2]
-DEMO = str(REPO / "configs" / "shapes_demo.yaml")
 SETS = [
     "model.num_classes=3",
-    "model.backbone.base_width=8",
-    "model.neck.out_channels=16",
-    "model.head.feat_channels=16",
-    "model.head.stacked_convs=1",
-    "model.head.num_groups=4",
+    *TINY_MODEL,
     "model.test.max_per_img=5",
     "data.val.img_scale=[64,64]",
     "device=cpu",
@@ -50,12 +45,6 @@ def infer(checkpoint: Path, *args: str) -> int:
     return main(["infer", "--config", DEMO, "--checkpoint", str(checkpoint), *args, "--set", *SETS])
 
 
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("gfldet: error: ") and err.count("\n") == 0, err
-    return err
-
-
 def write_image(path: Path, value: int = 90) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     img = np.full((40, 56, 3), value, np.uint8)
@@ -75,11 +64,6 @@ def write_video(path: Path, n: int = 4, shift: int = 0) -> Path:
         writer.write(img)
     writer.release()
     return path
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    return {str(p.relative_to(folder)): p.read_bytes() for p in files}
 
 
 def count_frames(path: Path) -> int:

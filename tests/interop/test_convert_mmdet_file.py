@@ -12,6 +12,8 @@ from gfldet.cli import main
 from gfldet.config import Config
 from gfldet.model.build import build_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def mmdet_checkpoint(path) -> None:
     """A tiny GFL in MMDetection's names (what the converter reads), 3 classes."""

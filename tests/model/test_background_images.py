@@ -17,10 +17,13 @@ VARIANTS = {
     "gfl": {},
     "gflv2": {"head.quality": "dgqp"},
     "centerness-branch": {"head.quality": "centerness", "loss.cls": "focal"},
-    "iou-guided-gaussian": {"head.quality": "iou_guided", "head.box": "gaussian",
-                            "loss.cls": "focal"},
+    "iou-guided-gaussian": {
+        "head.quality": "iou_guided",
+        "head.box": "gaussian",
+        "loss.cls": "focal",
+    },
     "vfl": {"loss.cls": "vfl"},
-}  # fmt: skip
+}
 BOX_LOSSES = {"loss_giou", "loss_dfl", "loss_nll", "loss_quality"}
 
 
@@ -40,8 +43,11 @@ def tiny_model(switches: dict):
 def sample(h: int, w: int, boxes: list, labels: list, seed: int) -> tuple[torch.Tensor, dict]:
     g = torch.Generator().manual_seed(seed)
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
-    target = {"img_size": (h, w), "boxes": torch.tensor(boxes, dtype=torch.float32).view(-1, 4),
-              "labels": torch.tensor(labels, dtype=torch.long)}  # fmt: skip
+    target = {
+        "img_size": (h, w),
+        "boxes": torch.tensor(boxes, dtype=torch.float32).view(-1, 4),
+        "labels": torch.tensor(labels, dtype=torch.long),
+    }
     return image, target
 
 

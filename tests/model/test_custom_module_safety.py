@@ -15,6 +15,8 @@ from gfldet.core.checkpoint import save_checkpoint
 from gfldet.model.build import ALLOW_ENV, allowed_module, build_model
 from gfldet.model.options import ModelOptions
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(autouse=True)
 def no_allowance(monkeypatch):
@@ -38,8 +40,9 @@ def build_error(type_name: str, **kwargs) -> str:
 
 def hostile_config(tmp_path, target):
     path = tmp_path / "hostile.yaml"
-    path.write_text(f'model:\n  backbone:\n    type: "os:system"\n'
-                    f'    kwargs: {{command: "touch {target}"}}\n')  # fmt: skip
+    path.write_text(
+        f'model:\n  backbone:\n    type: "os:system"\n    kwargs: {{command: "touch {target}"}}\n'
+    )
     return path
 
 
@@ -58,8 +61,16 @@ def test_the_hostile_config_through_the_cli_writes_no_file(tmp_path, capsys):
     config = hostile_config(tmp_path, target)
     checkpoint = tmp_path / "model.pth"
     save_checkpoint({"model": {"w": torch.zeros(1)}, "classes": ["a", "b", "c"]}, checkpoint)
-    args = ["--config", str(config), "--checkpoint", str(checkpoint),
-            "--allow-custom-modules", "*", "--set", "model.num_classes=3"]  # fmt: skip
+    args = [
+        "--config",
+        str(config),
+        "--checkpoint",
+        str(checkpoint),
+        "--allow-custom-modules",
+        "*",
+        "--set",
+        "model.num_classes=3",
+    ]
     code = main(["export", *args, "--out", str(tmp_path / "m.onnx")])
     assert code == 2 and not target.exists()
     err = capsys.readouterr().err
@@ -76,9 +87,12 @@ def test_the_standard_library_is_refused(type_name):
 
 @pytest.mark.parametrize(
     ("type_name", "kind"),
-    [("torchvision.models:resnet18", "function"), ("gfldet.model.build:ALLOW_ENV", "str"),
-     ("gfldet.model.options:ModelOptions", "type")],
-)  # fmt: skip
+    [
+        ("torchvision.models:resnet18", "function"),
+        ("gfldet.model.build:ALLOW_ENV", "str"),
+        ("gfldet.model.options:ModelOptions", "type"),
+    ],
+)
 def test_anything_but_an_nn_module_class_is_refused(type_name, kind):
     msg = build_error(type_name)
     assert f"it is a {kind}, not an nn.Module class" in msg

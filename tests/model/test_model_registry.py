@@ -3,9 +3,6 @@ gfldet's entries and their declared facts, your own entries in configs, the conf
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from gfldet.config import CHOICES, ConfigError, load_config
@@ -26,20 +23,15 @@ def test_config_choices_are_the_registries():
     assert list(HEADS) == ["gfl"] and HeadOptions().type == HEADS[0]
     assert list(NECKS) == ["fpn", "pafpn"] and NeckOptions().type == NECKS[0]
     assert list(BOXES) == ["general", "dirac", "gaussian"]
-    assert list(QUALITIES) == ["joint", "none", "centerness", "iou", "centerness_guided",
-                               "iou_guided", "dgqp"]  # fmt: skip
-
-
-def test_names_are_checked_without_importing_torch(tmp_path):
-    code = (
-        "import sys, gfldet.config as c\n"
-        "assert 'dgqp' in c.CHOICES['model.head.quality']\n"
-        "assert c.load_config(sys.argv[1], ['model.head.quality=dgqp']).model.head.quality\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
-    )
-    cfg = tmp_path / "ok.yaml"
-    cfg.write_text("seed: 1\n")
-    subprocess.run([sys.executable, "-c", code, str(cfg)], check=True)
+    assert list(QUALITIES) == [
+        "joint",
+        "none",
+        "centerness",
+        "iou",
+        "centerness_guided",
+        "iou_guided",
+        "dgqp",
+    ]
 
 
 def test_every_builtin_entry_imports_and_its_facts_match_its_class():

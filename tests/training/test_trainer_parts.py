@@ -3,6 +3,7 @@ directory's rules and the checkpointer."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from gfldet.core.checkpoint import load_checkpoint
@@ -10,6 +11,8 @@ from gfldet.model.build import build_model
 from gfldet.training.checkpointer import BestAP, Checkpointer
 from gfldet.training.run_dir import PREVIOUS, RunDir
 from gfldet.training.trainer import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_a_trainer_for_the_step_alone_needs_no_data_or_work_dir(tiny_cfg, tmp_path, one_thread):

@@ -40,8 +40,8 @@ test: lint
 	$(BIN)/python -m pytest tests
 
 # Everything but the tests marked slow (trainings of more than a step, torchrun, benchmarks):
-# the quick check while working; `make test` (all of them) is what CI runs. In two processes
-# where pytest-xdist is installed.
+# the quick check while working; `make test` (all of them, one process) is what CI runs. In two
+# processes where pytest-xdist (a dev dependency) is installed.
 XDIST = $(shell $(BIN)/python -c "import xdist" 2>/dev/null && echo "-n 2")
 test-fast: $(DEV_STAMP)
 	$(BIN)/python -m pytest tests -m "not slow" $(XDIST)

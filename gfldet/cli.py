@@ -149,6 +149,7 @@ def _cmd_infer(a: argparse.Namespace) -> int:
         overwrite=a.overwrite,
         onnx=a.onnx,
         runtime=a.runtime,
+        threads=a.threads,
     )
     return 0
 
@@ -323,6 +324,9 @@ def _infer_parser(sub: argparse._SubParsersAction) -> None:
         default="auto",
         choices=RUNTIMES,
         help="what runs the model (default auto: the fastest available, printed; docs/deploy.md)",
+    )
+    p.add_argument(
+        "--threads", type=int, help="threads of the ONNX runtimes (default: the runtime's own)"
     )
     p.add_argument(
         "inputs",

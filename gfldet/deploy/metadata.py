@@ -149,11 +149,19 @@ class DeployInfo:
             info = cls(**values)
         except TypeError as e:
             raise ValueError(f"{where}: incomplete gfldet metadata ({e})") from None
-        info.check(where)
+        try:
+            info.check(where)
+        except (TypeError, AttributeError) as e:  # a value of the wrong type, e.g. a number
+            raise ValueError(f"{where}: gfldet metadata does not fit: {e}") from None
         return info
 
     def check(self, where: str) -> None:
         """Raises ValueError when the values do not describe a model gfldet can run."""
+        if not isinstance(self.metadata_version, int) or self.metadata_version > METADATA_VERSION:
+            raise ValueError(
+                f"{where}: metadata_version {self.metadata_version!r} is newer than this gfldet "
+                f"reads ({METADATA_VERSION}): upgrade gfldet, or export the file with this one"
+            )
         problems = []
         if len(self.input_shape) != 4 or self.input_shape[:2] != [1, 3]:
             problems.append(f"input_shape {self.input_shape} is not [1, 3, H, W]")

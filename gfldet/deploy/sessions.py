@@ -45,7 +45,6 @@ class OnnxRuntimeSession:
         options.log_severity_level = 3  # errors only: its optimiser's notes are not the user's
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, images: np.ndarray) -> list[np.ndarray]:
         return self.session.run(None, {self.input_name: images})
@@ -97,7 +96,6 @@ class OpenVinoSession:
         with keep_signal_stack():
             self.compiled = ov.Core().compile_model(str(path), "CPU", config)
             self.request = self.compiled.create_infer_request()
-        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
 
     def __call__(self, images: np.ndarray) -> list[np.ndarray]:
         result = self.request.infer([images])

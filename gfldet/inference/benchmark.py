@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.files import write_json_atomic
+from ..core.files import make_output_dir, write_json_atomic
 from ..deploy.machine import (
     has_bf16,
     has_int8_dot,
@@ -118,6 +118,8 @@ def benchmark_checkpoint(
     threads = threads or torch.get_num_threads()
     if out is not None:
         check_result_out(Path(out), [checkpoint])
+    if calib is not None and not Path(calib).is_dir():  # a user's folder: not a reason to skip
+        raise NotADirectoryError(f"--calib {calib}: not a folder of images")
     h, w = size
     load_before = load_average()
     model, _ = load_trained_model(cfg, checkpoint, torch.device("cpu"))
@@ -237,6 +239,7 @@ def check_result_out(out: Path, inputs: list[str | Path]) -> None:
                 f"--out {out} holds a file that is not a gfldet benchmark result: refusing "
                 "to replace it; name a new .json file"
             )
+    make_output_dir(out.parent, "--out")  # before the run, not after it
 
 
 def _gen() -> torch.Generator:

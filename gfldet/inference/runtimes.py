@@ -11,9 +11,11 @@ met (CheckpointGraphs): each image is resized and padded exactly as PyTorch does
 detections are PyTorch's up to float rounding. An exported .onnx file runs in the ONNX
 runtimes only (gfldet.inference.onnx_predictor).
 
-`auto` picks, on a CPU, the first available of AUTO_ORDER, the order of the fp32 latencies
-measured in docs/deploy.md: onnxruntime, then OpenVINO, then PyTorch (`gfldet benchmark` measures
-them on the user's machine, where another order may win). A checkpoint must first be
+`auto` picks, on a CPU, the first available of AUTO_ORDER, the order of the latencies measured
+in docs/deploy.md: for fp32 graphs (a checkpoint's, or an fp32 file) onnxruntime, then
+OpenVINO, then PyTorch; for int8 files OpenVINO, then onnxruntime (`gfldet benchmark` measures
+them on the user's machine, where another order may win). A checkpoint's graphs are exported
+with the `onnx` package, which it then needs as well. A checkpoint must first be
 exported (seconds to a minute per input size), which only a long run repays: with a checkpoint,
 auto picks an ONNX runtime for runs of at least AUTO_MIN_IMAGES images or with a video, and
 PyTorch for shorter ones. On a GPU, auto is PyTorch.
@@ -36,14 +38,17 @@ from ..deploy.sessions import INSTALL, ONNX_RUNTIMES, runtime_installed
 log = logging.getLogger("gfldet")
 
 RUNTIMES = ("auto", "torch", "torch-bf16", "onnxruntime", "openvino")
-AUTO_ORDER = ("onnxruntime", "openvino", "torch")
+AUTO_ORDER = {"fp32": ("onnxruntime", "openvino", "torch"), "int8": ("openvino", "onnxruntime")}
 # Images from which exporting a checkpoint's graphs pays off: an export costs about as much as
 # the ONNX runtimes save on 100-400 images (docs/deploy.md: R-50 / the real-time model).
 AUTO_MIN_IMAGES = 500
 
 
-def runtime_status(name: str, device: torch.device | None = None) -> str | None:
-    """None when runtime `name` can run here, else why not (one line, with what to do)."""
+def runtime_status(
+    name: str, device: torch.device | None = None, onnx_only: bool = False
+) -> str | None:
+    """None when runtime `name` can run here, else why not (one line, with what to do).
+    onnx_only: for an exported file (a checkpoint must be exported first)."""
     device = device or torch.device("cpu")
     if name == "torch":
         return None
@@ -59,14 +64,18 @@ def runtime_status(name: str, device: torch.device | None = None) -> str | None:
     if name in ONNX_RUNTIMES:
         if device.type != "cpu":
             return f"{name} runs on the CPU: the model's device is {device} (set device=cpu)"
-        return None if runtime_installed(name) else f"not installed: {INSTALL[name]}"
+        if not runtime_installed(name):
+            return f"not installed: {INSTALL[name]}"
+        if not onnx_only and not runtime_installed("onnx"):
+            return f"exporting a checkpoint to it needs the onnx package: {INSTALL['onnxruntime']}"
+        return None
     raise ValueError(f"--runtime {name!r}: choose one of {', '.join(RUNTIMES)}")
 
 
 def available_runtimes(device: torch.device | None = None, onnx_only: bool = False) -> list[str]:
     """The runtimes that can run here (RUNTIMES less auto), in RUNTIMES' order."""
     names = ONNX_RUNTIMES if onnx_only else RUNTIMES[1:]
-    return [n for n in names if runtime_status(n, device) is None]
+    return [n for n in names if runtime_status(n, device, onnx_only) is None]
 
 
 def choose_runtime(
@@ -74,11 +83,12 @@ def choose_runtime(
     device: torch.device | None = None,
     onnx_only: bool = False,
     long_run: bool = True,
+    precision: str = "fp32",
 ) -> tuple[str, str]:
     """(runtime, why) for --runtime `requested`: auto resolved (see the module docstring;
-    long_run: whether a checkpoint's run is long enough to repay exporting it), any other
-    checked. Raises ValueError (unknown, or not for this model) or ImportError (not installed)
-    naming what to do."""
+    long_run: whether a checkpoint's run is long enough to repay exporting it; precision: an
+    exported file's, fp32 or int8), any other checked. Raises ValueError (unknown, or not for
+    this model) or ImportError (not installed) naming what to do."""
     device = device or torch.device("cpu")
     if requested not in RUNTIMES:
         raise ValueError(f"--runtime {requested!r}: choose one of {', '.join(RUNTIMES)}")
@@ -90,9 +100,10 @@ def choose_runtime(
                 f"auto: a run under {AUTO_MIN_IMAGES} images without video does not repay "
                 "exporting the checkpoint to an ONNX runtime"
             )
-        order = [n for n in AUTO_ORDER if not onnx_only or n in ONNX_RUNTIMES]
+        ranked = AUTO_ORDER["int8" if onnx_only and precision == "int8" else "fp32"]
+        order = [n for n in ranked if not onnx_only or n in ONNX_RUNTIMES]
         for name in order:
-            if runtime_status(name, device) is None:
+            if runtime_status(name, device, onnx_only) is None:
                 return name, f"auto: the fastest available on CPU, of {' > '.join(order)}"
         raise ImportError(f"no runtime for ONNX files is installed: {INSTALL['onnxruntime']}")
     if onnx_only and requested not in ONNX_RUNTIMES:
@@ -100,9 +111,9 @@ def choose_runtime(
             f"--runtime {requested}: an .onnx file runs in {' or '.join(ONNX_RUNTIMES)} "
             "(PyTorch runtimes need --config and --checkpoint)"
         )
-    why = runtime_status(requested, device)
+    why = runtime_status(requested, device, onnx_only)
     if why is not None:
-        err = ImportError if why.startswith("not installed") else ValueError
+        err = ImportError if "pip install" in why else ValueError
         raise err(f"--runtime {requested}: {why}")
     return requested, "requested"
 
@@ -201,8 +212,11 @@ def make_predictor(
     why (echo). All predictors take the same calls and give the same results as
     gfldet.Predictor."""
     if onnx is not None:
-        name, why = choose_runtime(runtime, onnx_only=True)
+        from ..deploy.metadata import read_metadata
         from .onnx_predictor import OnnxPredictor
+
+        precision = read_metadata(onnx).precision
+        name, why = choose_runtime(runtime, onnx_only=True, precision=precision)
 
         predictor = OnnxPredictor(onnx, name, threads)
         echo(f"runtime: {name} ({why}), {predictor.info.precision} graph {onnx}")

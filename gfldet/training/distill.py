@@ -52,9 +52,31 @@ from ..model.losses import distillation_kl_loss
 from ..model.options import ModelOptions
 from .options import DistillOptions
 
-__all__ = ["Distiller", "build_distiller", "load_teacher", "valuable_region"]
+__all__ = [
+    "Distiller",
+    "build_distiller",
+    "check_teacher_path",
+    "load_teacher",
+    "valuable_region",
+]
 
 log = logging.getLogger("gfldet")
+
+
+def check_teacher_path(opts: DistillOptions, work_dir: Path) -> None:
+    """distill.teacher_checkpoint exists and lies outside `work_dir`, whose files the run moves
+    aside (--overwrite), writes (latest.pth) and prunes (keep_last): checked before the work dir
+    is claimed."""
+    path = opts.teacher_checkpoint
+    if not path:
+        return
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"distill.teacher_checkpoint {path}: no such file")
+    if Path(work_dir).resolve() in Path(path).resolve().parents:
+        raise ValueError(
+            f"distill.teacher_checkpoint {path} is inside work_dir {work_dir}: the run moves, "
+            "writes and deletes checkpoints there; copy the teacher to another folder"
+        )
 
 
 def teacher_model_options(

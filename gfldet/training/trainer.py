@@ -48,7 +48,7 @@ from ..model.detector import GFL
 from ..model.fuse import prepare_for_inference
 from .checkpointer import BestAP, Checkpointer
 from .curves import write_training_curves
-from .distill import Distiller, build_distiller
+from .distill import Distiller, build_distiller, check_teacher_path
 from .finetune import format_report, init_from_checkpoint
 from .optim import build_optimizer, ema_avg_fn, lr_at, reapply_settings
 from .run_dir import RunDir
@@ -160,6 +160,7 @@ class Trainer:
         self.run_dir.check(
             {"data.train.img_dir": d.train.img_dir, "data.val.img_dir": d.val.img_dir}
         )
+        check_teacher_path(self.cfg.distill, self.work_dir)
         resume_path = Checkpointer.find(resume, self.run_dir)
         self.run_dir.claim(new_run=resume_path is None, overwrite=overwrite)
         if self.run_dir.moved_to is not None:

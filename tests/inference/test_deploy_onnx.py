@@ -94,6 +94,14 @@ def test_metadata_round_trips(tmp_path):
     assert props["num_locations"] == info.num_locations and "resize" in meta.description
 
 
+def test_metadata_of_a_later_version_or_wrong_type_is_refused_in_one_line():
+    model, _ = build(TINY_SETS)
+    props = deploy_info(DecodedGFL(model, (64, 64)), "uint8", CLASSES, CAT_IDS).to_props()
+    for key, text in (("metadata_version", "2"), ("input_shape", "7"), ("classes", "5")):
+        with pytest.raises(ValueError, match=f"m.onnx: .*{key}|m.onnx: gfldet metadata"):
+            DeployInfo.from_props({**props, key: text}, "m.onnx")
+
+
 def test_lite_exports_four_levels(tmp_path):
     """The real-time model's pyramid is strides 8..64: 2125 locations at 320 x 320 (the
     number docs/interop.md and docs/deploy.md give)."""

@@ -22,7 +22,7 @@ def installed(monkeypatch, *names: str) -> None:
 
 
 def test_auto_picks_the_fastest_installed_runtime_and_says_why(monkeypatch):
-    installed(monkeypatch, "onnxruntime", "openvino")
+    installed(monkeypatch, "onnx", "onnxruntime", "openvino")
     assert choose_runtime("auto")[0] == "onnxruntime"
     assert "fastest available" in choose_runtime("auto")[1]
     # A checkpoint's short run does not repay the export; an exported file has none to repay.
@@ -30,11 +30,30 @@ def test_auto_picks_the_fastest_installed_runtime_and_says_why(monkeypatch):
     assert name == "torch" and "does not repay exporting" in why
     assert choose_runtime("auto", onnx_only=True, long_run=False)[0] == "onnxruntime"
     assert choose_runtime("onnxruntime", long_run=False)[0] == "onnxruntime"
-    installed(monkeypatch, "openvino")
+    installed(monkeypatch, "onnx", "openvino")
     assert choose_runtime("auto")[0] == "openvino"
     installed(monkeypatch)
     assert choose_runtime("auto")[0] == "torch"
     assert choose_runtime("auto", torch.device("cuda"))[0] == "torch"  # a GPU: PyTorch
+
+
+def test_int8_files_go_to_openvino_first(monkeypatch):
+    """docs/deploy.md: OpenVINO ran the int8 files faster, onnxruntime the fp32 graphs."""
+    installed(monkeypatch, "onnxruntime", "openvino")
+    assert choose_runtime("auto", onnx_only=True, precision="int8")[0] == "openvino"
+    assert choose_runtime("auto", onnx_only=True, precision="fp32")[0] == "onnxruntime"
+    installed(monkeypatch, "onnx", "onnxruntime", "openvino")
+    assert choose_runtime("auto", precision="int8")[0] == "onnxruntime"  # a checkpoint: fp32
+
+
+def test_a_checkpoint_needs_onnx_to_reach_an_onnx_runtime(monkeypatch):
+    """onnxruntime without the onnx package runs files but cannot export a checkpoint: auto
+    falls back to PyTorch, an explicit request says what to install."""
+    installed(monkeypatch, "onnxruntime")
+    assert choose_runtime("auto")[0] == "torch"
+    assert choose_runtime("auto", onnx_only=True)[0] == "onnxruntime"
+    with pytest.raises(ImportError, match="needs the onnx package: pip install"):
+        choose_runtime("onnxruntime")
 
 
 def test_an_onnx_file_runs_only_in_onnx_runtimes(monkeypatch):

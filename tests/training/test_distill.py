@@ -250,3 +250,55 @@ def test_train_command_reads_the_teacher_config(shapes, teacher_ckpt, tmp_path):
     )
     assert main(["train", "--config", DEMO, "--set", *sets]) == 0
     assert load_checkpoint(tmp_path / "s" / "latest.pth")["iter"] == 1
+
+
+def test_a_teacher_inside_the_work_dir_is_refused_before_anything_moves(
+    tiny_cfg, teacher_ckpt, tmp_path
+):
+    """The run would move (--overwrite), overwrite (latest.pth) or delete (keep_last) its own
+    teacher: refused up front, the old run untouched."""
+    work = tmp_path / "run"
+    work.mkdir()
+    teacher = work / "latest.pth"
+    teacher.write_bytes(teacher_ckpt.read_bytes())
+    before = sorted(p.name for p in work.iterdir())
+    with pytest.raises(ValueError, match="distill.teacher_checkpoint .* is inside work_dir"):
+        Trainer(tiny_cfg(work, *_student_sets(teacher)), overwrite=True)
+    assert sorted(p.name for p in work.iterdir()) == before
+    with pytest.raises(FileNotFoundError, match="distill.teacher_checkpoint"):
+        Trainer(tiny_cfg(tmp_path / "other", *_student_sets(tmp_path / "missing.pth")))
+    assert not (tmp_path / "other").exists()
+
+
+def _kl_rows_by_hand(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
+    """KL(softmax(teacher / t) || softmax(student / t)) of each row, averaged over its entries
+    and x t², written out in float64."""
+    ps = torch.softmax(student.double() / t, -1)
+    pt = torch.softmax(teacher.double() / t, -1)
+    return (pt * (pt.log() - ps.log())).mean(-1) * t * t
+
+
+def test_ld_and_kd_normalisations_by_hand(tiny_cfg, teacher_ckpt, tmp_path):
+    """loss_ld = weight x sum over positives and edges of KL x the positive's detached best
+    score / 4; loss_kd = cls_weight x the mean over positives of the class KL (MMDetection's)."""
+    sets = _student_sets(teacher_ckpt, "distill.cls_weight=2", "distill.weight=0.25")
+    trainer = Trainer(tiny_cfg(tmp_path / "s", *sets))
+    d, student = trainer.distiller, trainer.model
+    images, targets = next(iter(trainer.train_loader))
+    with torch.no_grad(), d._capture(student) as out:
+        student(images, targets)
+        got = d.losses(student, images, targets, out)
+        _, t_cls, t_reg, _ = d.teacher_outputs(images, targets)
+        points, strides = student.grid(out.sizes, images.device)
+        assigned, _ = student.assign(points, strides, out.sizes, targets)
+    pb, pa = (assigned >= 0).nonzero(as_tuple=True)
+    assert len(pb) > 0
+    n1 = student.head.box.reg_max + 1
+    kl = _kl_rows_by_hand(out.reg[pb, pa].reshape(-1, n1), t_reg[pb, pa].reshape(-1, n1), 10.0)
+    score = torch.sigmoid(out.cls[pb, pa].double()).amax(-1)  # GFL: the score is sigmoid(cls)
+    want_ld = 0.25 * (kl.view(-1, 4) * score[:, None]).sum() / 4
+    # float32 against float64 on two close distributions: agree to 1 %; a wrong constant (the
+    # weight, / 4, T², the score) would be off by a factor.
+    assert float(got["loss_ld"]) == pytest.approx(float(want_ld), rel=1e-2)
+    kd = _kl_rows_by_hand(out.cls[pb, pa], t_cls[pb, pa], 2.0)  # cls_temperature's default
+    assert float(got["loss_kd"]) == pytest.approx(float(2 * kd.sum() / len(pb)), rel=1e-2)

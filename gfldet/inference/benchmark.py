@@ -97,7 +97,7 @@ def benchmark_checkpoint(
     """
     from ..deploy.quantize import quantize_onnx
     from ..model.fuse import prepare_for_inference
-    from .export import DecodedGFL, calibration_files, default_img_size, export_onnx
+    from .export import DecodedGFL, calibration_files, export_onnx, input_size
     from .predictor import load_trained_model
 
     plan = dict(QUICK if quick else FULL)
@@ -106,13 +106,7 @@ def benchmark_checkpoint(
             if value < (0 if key == "warmup" else 1):
                 raise ValueError(f"{key} must be >= {0 if key == 'warmup' else 1}, got {value}")
             plan[key] = value
-    size = tuple(img_size) if img_size else default_img_size(cfg)
-    div = cfg.data.size_divisor
-    if len(size) != 2 or any(v <= 0 or v % div for v in size):
-        raise ValueError(
-            f"--img-size {' '.join(map(str, size))}: height and width must be positive "
-            f"multiples of data.size_divisor ({div})"
-        )
+    size = input_size(cfg, img_size)
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     threads = threads or torch.get_num_threads()

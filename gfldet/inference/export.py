@@ -248,6 +248,19 @@ def default_img_size(cfg: Any) -> tuple[int, int]:
     return -(-short // div) * div, -(-long // div) * div
 
 
+def input_size(cfg: Any, img_size: Sequence[int] | None) -> tuple[int, int]:
+    """--img-size (H, W), or default_img_size; raises ValueError unless both are positive
+    multiples of data.size_divisor, the padding the model was trained with."""
+    size = tuple(img_size) if img_size else default_img_size(cfg)
+    div = cfg.data.size_divisor
+    if len(size) != 2 or any(v <= 0 or v % div for v in size):
+        raise ValueError(
+            f"--img-size {' '.join(map(str, size))}: height and width must be positive "
+            f"multiples of data.size_divisor ({div}), the padding the model was trained with"
+        )
+    return size
+
+
 def check_onnx(
     path: str | Path,
     model: GFL,
@@ -357,13 +370,7 @@ def export_checkpoint(
         raise ValueError("--calib and --calib-num choose the int8 calibration images: add --int8")
     out = Path(out)
     check_export_out(out, [checkpoint, *inputs])
-    size = tuple(img_size) if img_size else default_img_size(cfg)
-    div = cfg.data.size_divisor
-    if len(size) != 2 or any(v <= 0 or v % div for v in size):
-        raise ValueError(
-            f"--img-size {' '.join(map(str, size))}: height and width must be positive "
-            f"multiples of data.size_divisor ({div}), the padding the model was trained with"
-        )
+    size = input_size(cfg, img_size)
     files = []
     if int8:
         num = DEFAULT_CALIB_NUM if calib_num is None else calib_num

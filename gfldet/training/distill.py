@@ -17,8 +17,11 @@ MMDetection v2's LDHead (configs/ld) and the paper's repository:
     loss_kd      class distillation (optional): KD of the joint class scores, softmax over the
                  classes at their own temperature, on the positives, averaged over them
 
-Both LD sums are per process and not normalised by the number of positives, as in the
-reference: their size grows with the objects in a process's batch.
+Both LD sums are not normalised by the number of positives, as in the reference: they grow with
+the objects in an image. They are scaled to the reference's 2 images per process
+(REFERENCE_IMAGES / images in the batch), so that a weight is as strong at any batch size as in
+the reference; at 8 images per process the unscaled sum made LD 4x stronger and the student
+worse (docs/distill.md).
 
 The teacher is built from its own config and checkpoint, frozen (no parameter requires a
 gradient), in eval mode with its BatchNorms folded (`prepare_for_inference`), and is never part
@@ -61,6 +64,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("gfldet")
+
+# The images per GPU of the reference (MMDetection v2's LD configs: 8 GPUs x 2 images), whose
+# per-process sums loss_ld and loss_ld_vlr are scaled to: weight w means what it means there.
+REFERENCE_IMAGES = 2
 
 
 def check_teacher_path(opts: DistillOptions, work_dir: Path) -> None:
@@ -255,7 +262,11 @@ class Distiller:
         kl = distillation_kl_loss(
             out.reg[pb, pa].reshape(-1, n1), t_reg[pb, pa].reshape(-1, n1), o.temperature, "none"
         )
-        result = {"loss_ld": o.weight * (kl * weight.repeat_interleave(4)).sum() / 4}
+        # Per REFERENCE_IMAGES images, as the reference's sums at its 2 images per GPU: the
+        # strength of a weight does not change with the batch size.
+        per_images = REFERENCE_IMAGES / images.shape[0]
+        ld = (kl * weight.repeat_interleave(4)).sum() / 4
+        result = {"loss_ld": o.weight * per_images * ld}
         if o.vlr_weight > 0:
             region = valuable_region(
                 student, points, strides, out.sizes, targets, valid, o.vlr_alpha
@@ -268,7 +279,7 @@ class Distiller:
                 "none",
             )
             w = region[vb, va].float().repeat_interleave(4)
-            result["loss_ld_vlr"] = o.vlr_weight * (kl * w).sum() / 16
+            result["loss_ld_vlr"] = o.vlr_weight * per_images * (kl * w).sum() / 16
         if o.cls_weight > 0:
             t_q = t_quality[pb, pa] if t_quality is not None else None
             s_logits = joint_logits(student, cls_pos, quality_pos)

@@ -144,7 +144,8 @@ class DistillOptions:
         0.25,
         ge=0,
         help="weight of loss_ld, the KL on the student's positives (main region), each "
-        "weighted by its best detached score, summed and divided by 4 edges (MMDetection's)",
+        "weighted by its best detached score, summed, divided by 4 edges and scaled to 2 "
+        "images per process (MMDetection's 0.25 at its 2 images per GPU)",
     )
     vlr_weight: float = option(
         0.0,

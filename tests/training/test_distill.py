@@ -280,8 +280,11 @@ def _kl_rows_by_hand(student: torch.Tensor, teacher: torch.Tensor, t: float) -> 
 
 def test_ld_and_kd_normalisations_by_hand(tiny_cfg, teacher_ckpt, tmp_path):
     """loss_ld = weight x sum over positives and edges of KL x the positive's detached best
-    score / 4; loss_kd = cls_weight x the mean over positives of the class KL (MMDetection's)."""
-    sets = _student_sets(teacher_ckpt, "distill.cls_weight=2", "distill.weight=0.25")
+    score / 4, per 2 images (the reference's per GPU); loss_kd = cls_weight x the mean over
+    positives of the class KL (MMDetection's)."""
+    sets = _student_sets(
+        teacher_ckpt, "distill.cls_weight=2", "distill.weight=0.25", "data.train.batch_size=4"
+    )
     trainer = Trainer(tiny_cfg(tmp_path / "s", *sets))
     d, student = trainer.distiller, trainer.model
     images, targets = next(iter(trainer.train_loader))
@@ -296,7 +299,9 @@ def test_ld_and_kd_normalisations_by_hand(tiny_cfg, teacher_ckpt, tmp_path):
     n1 = student.head.box.reg_max + 1
     kl = _kl_rows_by_hand(out.reg[pb, pa].reshape(-1, n1), t_reg[pb, pa].reshape(-1, n1), 10.0)
     score = torch.sigmoid(out.cls[pb, pa].double()).amax(-1)  # GFL: the score is sigmoid(cls)
-    want_ld = 0.25 * (kl.view(-1, 4) * score[:, None]).sum() / 4
+    assert images.shape[0] == 4
+    per_two_images = 2 / images.shape[0]  # the reference's images per GPU
+    want_ld = 0.25 * per_two_images * (kl.view(-1, 4) * score[:, None]).sum() / 4
     # float32 against float64 on two close distributions: agree to 1 %; a wrong constant (the
     # weight, / 4, T², the score) would be off by a factor.
     assert float(got["loss_ld"]) == pytest.approx(float(want_ld), rel=1e-2)

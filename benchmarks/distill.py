@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from gfldet.core.files import write_json_atomic
+from gfldet.data.synth import shapes_overrides, shapes_paths
 
 from .timing import load_average, machine, run_one_thread
 
@@ -46,12 +47,8 @@ COMMON = ["data.train.num_workers=0", "data.val.num_workers=0"]
 
 
 def data_items(data: Path) -> list[str]:
-    return [
-        f"data.train.ann_file={data}/annotations/train.json",
-        f"data.train.img_dir={data}/train/images",
-        f"data.val.ann_file={data}/annotations/val.json",
-        f"data.val.img_dir={data}/val/images",
-    ]
+    """The --set items of the shapes dataset in `data`."""
+    return shapes_overrides(shapes_paths(data))
 
 
 def train_run(config: str, work_dir: Path, items: list[str]) -> dict[str, Any]:

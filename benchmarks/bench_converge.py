@@ -74,19 +74,12 @@ from gfldet.model.build import build_model
 from gfldet.training.optim import build_optimizer
 
 from .budget import Budget, BudgetTrainer
-from .models import DEMO, LITE_SHAPES, ensure_shapes
+from .models import DEMO, LITE_SHAPES, QUICK_DATA, ensure_shapes
 from .timing import machine
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # --quick: tiny images, no worker processes (the data of a smoke test is tiny too).
-QUICK = [
-    "data.train.img_scale=[64,64]",
-    "data.val.img_scale=[64,64]",
-    "data.train.batch_size=2",
-    "data.val.batch_size=2",
-    "data.train.num_workers=0",
-    "data.val.num_workers=0",
-]
+QUICK = QUICK_DATA
 # Every contender trains until the budget ends it, evaluated once at the end by this script.
 BUDGET_RUN = [
     "train.epochs=1000000",

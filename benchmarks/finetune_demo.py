@@ -49,7 +49,7 @@ from gfldet.core.files import write_json_atomic
 from gfldet.data.synth import CLASSES
 from gfldet.training.trainer import train
 
-from .models import DEMO, ensure_shapes
+from .models import DEMO, QUICK_DATA, ensure_shapes
 
 SPLIT_A = ("circle", "square", "triangle")
 SPLIT_B = ("star", "cross", "ellipse", "circle")
@@ -57,12 +57,7 @@ SHARED = "circle"
 METRICS = ("AP", "AP50", "AP75")
 # --quick: a tiny model on tiny images, no worker processes, a few iterations per run.
 QUICK = [
-    "data.train.img_scale=[64,64]",
-    "data.val.img_scale=[64,64]",
-    "data.train.batch_size=2",
-    "data.val.batch_size=2",
-    "data.train.num_workers=0",
-    "data.val.num_workers=0",
+    *QUICK_DATA,
     "model.backbone.base_width=8",
     "model.neck.out_channels=16",
     "model.head.feat_channels=16",

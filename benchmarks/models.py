@@ -28,6 +28,15 @@ CONFIGS = SHIPPED_CONFIGS  # the configs shipped with gfldet
 RECIPE = CONFIGS / "gfl_r50_fpn_1x_coco.yaml"
 RECIPE_V2 = CONFIGS / "gflv2_r50_fpn_1x_coco.yaml"
 DEMO = CONFIGS / "shapes_demo.yaml"
+# The data items of a --quick smoke run: tiny images, no worker processes.
+QUICK_DATA = [
+    "data.train.img_scale=[64,64]",
+    "data.val.img_scale=[64,64]",
+    "data.train.batch_size=2",
+    "data.val.batch_size=2",
+    "data.train.num_workers=0",
+    "data.val.num_workers=0",
+]
 LITE = CONFIGS / "gfl_lite_320_coco.yaml"
 LITE_SHAPES = CONFIGS / "gfl_lite_shapes.yaml"
 PEER_CLASSES_LITE = 91  # torchvision's COCO detectors of the lite section: 90 ids + background

@@ -442,6 +442,16 @@ class CocoDetection(torch.utils.data.Dataset):
             )
         return image
 
+    def read_image_or_skip(self, img_id: int) -> np.ndarray | None:
+        """read_image, or None for an unreadable image under skip_bad (with a warning)."""
+        try:
+            return self.read_image(img_id)
+        except BadImageError as e:
+            if not self.skip_bad:
+                raise
+            log.warning("skipped an unreadable image (data.skip_bad_images): %s", e)
+            return None
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict] | None:
         """key: an index, or (index, augmentation seed) as `GroupedBatchSampler` yields them.
 
@@ -449,12 +459,8 @@ class CocoDetection(torch.utils.data.Dataset):
         """
         index, seed = key if isinstance(key, tuple) else (key, None)
         img_id = self.img_ids[index]
-        try:
-            image = self.read_image(img_id)
-        except BadImageError as e:
-            if not self.skip_bad:
-                raise
-            log.warning("skipped an unreadable image (data.skip_bad_images): %s", e)
+        image = self.read_image_or_skip(img_id)
+        if image is None:
             return None
         boxes, labels = self._targets[img_id]
         orig_size = image.shape[:2]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
-from .coco import BadImageError, CocoDetection
+from .coco import CocoDetection
 from .options import TrainSplitOptions, ValSplitOptions
 from .sampler import GroupedBatchSampler
 from .transforms import Sample, TestTransform, TrainRecipe, collate_batch
@@ -70,12 +70,8 @@ class TrainDataset(CocoDetection):
         """Item `index` before augmentation: (image, copies of its boxes and labels), or None for
         an unreadable image under skip_bad (with a warning)."""
         img_id = self.img_ids[index]
-        try:
-            image = self.read_image(img_id)
-        except BadImageError as e:
-            if not self.skip_bad:
-                raise
-            log.warning("skipped an unreadable image (data.skip_bad_images): %s", e)
+        image = self.read_image_or_skip(img_id)
+        if image is None:
             return None
         boxes, labels = self._targets[img_id]
         return image, boxes.copy(), labels.copy()

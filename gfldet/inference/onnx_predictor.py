@@ -84,10 +84,15 @@ class OnnxPredictor:
     """
 
     def __init__(
-        self, path: str | Path, runtime: str = "onnxruntime", threads: int | None = None
+        self,
+        path: str | Path,
+        runtime: str = "onnxruntime",
+        threads: int | None = None,
+        info: DeployInfo | None = None,
     ) -> None:
+        """info: the file's metadata when the caller has read it already."""
         self.path = Path(path)
-        self.info = read_metadata(self.path)
+        self.info = info if info is not None else read_metadata(self.path)
         self.session = open_session(self.path, runtime, threads)
         self.runtime = runtime
         self.class_names: list[str] = list(self.info.classes)

@@ -16,7 +16,7 @@ in docs/deploy.md: for fp32 graphs (a checkpoint's, or an fp32 file) onnxruntime
 OpenVINO, then PyTorch; for int8 files OpenVINO, then onnxruntime (`gfldet benchmark` measures
 them on the user's machine, where another order may win). A checkpoint's graphs are exported
 with the `onnx` package, which it then needs as well. A checkpoint must first be
-exported (seconds to a minute per input size), which only a long run repays: with a checkpoint,
+exported (seconds per input size), which only a long run repays: with a checkpoint,
 auto picks an ONNX runtime for runs of at least AUTO_MIN_IMAGES images or with a video, and
 PyTorch for shorter ones. On a GPU, auto is PyTorch.
 """
@@ -39,8 +39,10 @@ log = logging.getLogger("gfldet")
 
 RUNTIMES = ("auto", "torch", "torch-bf16", "onnxruntime", "openvino")
 AUTO_ORDER = {"fp32": ("onnxruntime", "openvino", "torch"), "int8": ("openvino", "onnxruntime")}
-# Images from which exporting a checkpoint's graphs pays off: an export costs about as much as
-# the ONNX runtimes save on 100-400 images (docs/deploy.md: R-50 / the real-time model).
+# Images from which exporting a checkpoint's graphs pays off. An export (2.2 s for the real-time
+# model at 320², 13.5 s for R-50 at 800x1216, one thread: docs/deploy.md) is won back over tens
+# of images of one size; a run meets one graph per padded size, so the threshold leaves room for
+# many sizes.
 AUTO_MIN_IMAGES = 500
 
 
@@ -215,10 +217,10 @@ def make_predictor(
         from ..deploy.metadata import read_metadata
         from .onnx_predictor import OnnxPredictor
 
-        precision = read_metadata(onnx).precision
-        name, why = choose_runtime(runtime, onnx_only=True, precision=precision)
+        info = read_metadata(onnx)  # the file is read once: its precision picks the runtime
+        name, why = choose_runtime(runtime, onnx_only=True, precision=info.precision)
 
-        predictor = OnnxPredictor(onnx, name, threads)
+        predictor = OnnxPredictor(onnx, name, threads, info)
         echo(f"runtime: {name} ({why}), {predictor.info.precision} graph {onnx}")
         return predictor
     if cfg is None or checkpoint is None:

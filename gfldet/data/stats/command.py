@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-from ...core.files import write_json_atomic
+from ...core.files import make_output_dir, write_json_atomic
 from .compute import check_arguments, compute_statistics
 from .plots import plot_box_sizes, plot_class_histogram, plot_edge_distances
 from .report import format_statistics
@@ -26,14 +25,7 @@ def check_out_dir(cfg: Any, out_dir: Path) -> None:
                 f"--out {out_dir} is inside data.{split}.img_dir ({img_dir}): the plots would "
                 "land among the split's images; choose a folder outside it"
             )
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PermissionError(
-            f"--out: cannot create output folder {out_dir}: {e.strerror}"
-        ) from None
-    if not os.access(out_dir, os.W_OK):
-        raise PermissionError(f"--out: output folder is not writable: {out_dir}")
+    make_output_dir(out_dir, "--out")
 
 
 def dataset_statistics(
